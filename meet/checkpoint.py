@@ -1,0 +1,198 @@
+"""Checkpoints: safetensors weights + JSON config, written atomically.
+
+A checkpoint is a folder::
+
+    config.json            the whole MEETConfig (the model is rebuilt from it alone)
+    model.safetensors      encoder and hash-head weights
+    codebooks.safetensors  the image and text PQ codebooks
+    vocab.json             BiGRU vocabulary (bigru models)
+    tokenizer/, *_config.json, image_processor/   what pretrained encoders need
+    trainer.json, optimizer.safetensors            only in training checkpoints (resume)
+
+A training run keeps its checkpoints under ``RUN/checkpoints/epoch-NNN`` and names the
+best and the last one in ``RUN/checkpoint.json``. Each folder is written under a
+temporary name, flushed, then renamed; ``checkpoint.json`` is replaced atomically after
+that. A crash at any moment leaves the previous checkpoint and pointer intact.
+No pickle is ever read: weights go through safetensors, everything else is JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from meet.config import MEETConfig
+from meet.data.vocab import Vocabulary
+from meet.errors import CheckpointError, MEETError
+from meet.model import MEET, build_model
+
+POINTER = "checkpoint.json"
+_PQ_PREFIXES = ("image_pq.", "text_pq.")
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to ``path`` via a temporary file and ``os.replace`` (atomic on POSIX)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb+") as f:
+                os.fsync(f.fileno())
+
+
+def save_checkpoint(model: MEET, cfg: MEETConfig, folder: Path,
+                    trainer_state: dict[str, Any] | None = None,
+                    optimizer: torch.optim.Optimizer | None = None) -> Path:
+    """Write a complete checkpoint folder atomically; returns ``folder``."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        weights = {k: v for k, v in state.items() if not k.startswith(_PQ_PREFIXES)}
+        codebooks = {k: v for k, v in state.items() if k.startswith(_PQ_PREFIXES)}
+        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "meet-1"})
+        save_file(codebooks, str(tmp / "codebooks.safetensors"), metadata={"format": "meet-1"})
+        (tmp / "config.json").write_text(cfg.to_json())
+        if model.vocab is not None:
+            model.vocab.save(tmp / "vocab.json")
+        for encoder in (model.image_encoder, model.text_encoder):
+            encoder.save_extra(tmp)
+        if trainer_state is not None:
+            (tmp / "trainer.json").write_text(json.dumps(trainer_state, indent=2, sort_keys=True))
+        if optimizer is not None:
+            tensors, meta = _flatten_optimizer(optimizer)
+            save_file(tensors, str(tmp / "optimizer.safetensors"))
+            (tmp / "optimizer.json").write_text(json.dumps(meta))
+        _fsync_dir(tmp)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.rename(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
+    """A checkpoint folder from either a checkpoint folder or a training run folder."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}",
+                              fix="pass a checkpoint folder or a training run folder")
+    if (path / "model.safetensors").is_file():
+        return path
+    pointer = path / POINTER
+    if pointer.is_file():
+        try:
+            target = json.loads(pointer.read_text())[which]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{pointer} is unreadable or has no {which!r} entry",
+                                  fix="the run did not finish an epoch; train again") from exc
+        return path / target
+    raise CheckpointError(f"{path} holds no model.safetensors and no {POINTER}",
+                          fix="point to a training run folder (RUN) or a checkpoint inside it")
+
+
+def read_config(folder: Path) -> MEETConfig:
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"missing {path}", fix="the checkpoint folder is incomplete")
+    try:
+        return MEETConfig.from_dict(json.loads(path.read_text()))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
+    except MEETError as exc:
+        raise CheckpointError(f"{path}: {exc.message}", fix=exc.fix) from exc
+
+
+def _load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"missing {path}", fix="the checkpoint folder is incomplete")
+    try:
+        return load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({exc})",
+                              fix="the file is truncated or not a safetensors file; re-save or retrain") from exc
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
+                    which: str = "best") -> tuple[MEET, MEETConfig, Path]:
+    """Rebuild a model from a checkpoint (or run) folder: (model, config, folder)."""
+    folder = resolve_checkpoint(path, which)
+    cfg = read_config(folder)
+    vocab = None
+    if cfg.model.text_encoder == "bigru":
+        vocab = Vocabulary.load(folder / "vocab.json")
+    try:
+        model = build_model(cfg.model, vocab=vocab, saved_dir=folder)
+    except MEETError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(f"cannot rebuild the model of {folder}: {exc}") from exc
+    state = _load_tensors(folder / "model.safetensors")
+    state.update(_load_tensors(folder / "codebooks.safetensors"))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0:3]
+        raise CheckpointError(f"weights in {folder} do not match its config.json: {' '.join(first)}",
+                              fix="the config and weights come from different models") from exc
+    return model.to(device).eval(), cfg, folder
+
+
+def read_pointer(run: Path) -> dict[str, Any]:
+    pointer = Path(run) / POINTER
+    if not pointer.is_file():
+        return {}
+    try:
+        return json.loads(pointer.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{pointer} is corrupt: {exc}", fix="delete the run folder and train again") from exc
+
+
+def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer state dict into tensors (safetensors) and JSON metadata."""
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, slots in state["state"].items():
+        for name, value in slots.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def load_optimizer_state(folder: Path, optimizer: torch.optim.Optimizer) -> None:
+    """Restore :func:`save_checkpoint`'s optimizer files into ``optimizer``."""
+    tensors = _load_tensors(Path(folder) / "optimizer.safetensors")
+    try:
+        meta = json.loads((Path(folder) / "optimizer.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{folder}/optimizer.json is unreadable: {exc}") from exc
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    for index, slots in meta["scalars"].items():
+        state.setdefault(int(index), {}).update(slots)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})

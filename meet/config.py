@@ -1,0 +1,299 @@
+"""Every default of MEET lives here, in one place.
+
+The configuration is three dataclasses (model, loss, training) under one
+:class:`MEETConfig`. A checkpoint stores the whole config as JSON, so a model is
+rebuilt from its files alone (nanoGPT's habit), and the training CLI derives one
+flag per field from these dataclasses, so a default is never repeated elsewhere.
+
+Field names are unique across the sections on purpose: ``--n-bits`` on the command
+line maps to exactly one field. Defaults follow ``METHOD.md`` (the paper and the
+released code); presets (:data:`PRESETS`) change only what they must.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from meet.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    """Encoders, joint space and Stage I heads."""
+
+    image_encoder: str = "precomp"
+    """Image tower: ``precomp`` (region features), ``cnn`` (small grid CNN trained from
+    scratch on raw pixels) or ``hf`` (a transformers vision backbone)."""
+    text_encoder: str = "bigru"
+    """Text tower: ``bigru`` (vocabulary from the training captions) or ``bert``."""
+    embed_dim: int = 1024
+    """Joint (dense) embedding size."""
+    n_bits: int = 64
+    """Hash code length H; the binary code is ``sign(h)``, H/8 bytes per item."""
+    n_codebooks: int = 8
+    """M, product-quantization sub-spaces over the hash features (one byte each)."""
+    codebook_size: int = 256
+    """K, codewords per codebook (256 = 8-bit codes)."""
+    detach_hash: bool = True
+    """Feed the hash heads a detached embedding, so hashing never trains the encoders
+    (the released code's behaviour)."""
+    image_size: int = 64
+    """Side of the square raw image fed to ``cnn``/``hf`` encoders."""
+    precomp_dim: int = 2048
+    """Width of precomputed region features (BUTD: 2048)."""
+    cnn_width: int = 64
+    """Channels of the first CNN stage; later stages double it."""
+    vision_backbone: str = ""
+    """Path or hub name of a transformers vision model, for ``image_encoder=hf``."""
+    freeze_backbone: bool = False
+    """Keep pretrained backbone (BERT / vision) weights fixed; train only the heads."""
+    word_dim: int = 300
+    """Word embedding size of the BiGRU text encoder."""
+    gru_layers: int = 1
+    """Stacked bidirectional GRU layers."""
+    bert_path: str = "bert-base-uncased"
+    """Path or hub name of the BERT model and tokenizer, for ``text_encoder=bert``."""
+    max_text_len: int = 32
+    """Tokens kept per caption (longer captions are truncated)."""
+    vocab_size: int = 0
+    """Filled from the vocabulary at build time; 0 means 'not built yet'."""
+
+
+@dataclass
+class LossConfig:
+    """The training objective: ranking losses, L_f, L_q, filtering, reweighting."""
+
+    ranking: str = "hinge"
+    """``hinge``: triplet ranking loss (VSE++); ``infonce``: symmetric contrastive."""
+    margin: float = 0.2
+    """Hinge margin."""
+    max_violation: bool = True
+    """Hinge on the hardest in-batch negative (VSE++) instead of the sum of violations."""
+    sum_violation_epochs: int = 0
+    """Warm-up epochs that use the summed violation before switching to the hardest
+    negative (VSE infinity / ESA do this; 0 = start with the hardest)."""
+    temperature: float = 0.05
+    """InfoNCE temperature."""
+    hash_ranking_weight: float = 1.0
+    """Weight of the ranking loss computed on the hash-space features."""
+    beta1: float = 0.0
+    """Weight of L_f, the hash/dense similarity-structure discrepancy."""
+    beta2: float = 0.0
+    """Weight of L_q, the encoding loss (quantization error + push towards binary)."""
+    binary_weight: float = 0.1
+    """Inside L_q: weight of ||h - sign(h)||^2 relative to the quantization error."""
+    text_positives: bool = False
+    """Count in-batch captions whose normalised text equals the anchor's caption as
+    extra positives (a signal every real data set has)."""
+    filter_negatives: bool = False
+    """Mask in-batch negatives that look like misleading negatives (near-duplicate
+    captions in the model's own text space) out of the ranking loss."""
+    filter_threshold: float = 0.9
+    """Cosine between two captions in the model's text space above which the negative
+    is treated as a misleading one."""
+    filter_start_epoch: int = 1
+    """First epoch (0-based) with model-similarity filtering; an untrained text space
+    calls everything similar."""
+    oracle_filter: bool = False
+    """Ablation only: mask negatives that ground truth (Shapes facts) calls relevant."""
+    reweight_pairs: bool = False
+    """Adaptive reweighting: weight each anchor's loss by how informative it is."""
+    reweight_strength: float = 1.0
+    """How far weights may move from 1 (0 = off)."""
+    reweight_temperature: float = 0.1
+    """Softness of the informativeness score (positive-vs-hardest-negative gap)."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, sampling, checkpoint selection."""
+
+    epochs: int = 12
+    batch_size: int = 128
+    lr: float = 2e-4
+    """Learning rate of the encoders."""
+    hash_lr: float = 2e-2
+    """Learning rate of the hash heads."""
+    lr_decay_epochs: int = 15
+    """Multiply learning rates by ``lr_decay`` every this many epochs."""
+    lr_decay: float = 0.1
+    grad_clip: float = 2.0
+    """Max global gradient norm (0 = no clipping)."""
+    seed: int = 0
+    device: str = "auto"
+    """``auto`` (CUDA if available, else CPU), ``cpu`` or ``cuda``."""
+    num_workers: int = 0
+    """DataLoader worker processes."""
+    caption_sampling: str = "all"
+    """``all``: one sample per caption (the standard epoch); ``per_image``: one caption
+    per image per epoch, drawn with ``family_weights``."""
+    family_weights: dict[str, float] = field(default_factory=dict)
+    """Sampling weight per caption family (Shapes facts); missing families weigh 1."""
+    kmeans_iters: int = 20
+    """faiss k-means iterations per sub-space when codebooks are refit."""
+    kmeans_sample: int = 20000
+    """Training images (and as many captions) re-encoded after each epoch to refit the
+    codebooks; the whole training set when it is smaller."""
+    select_metric: str = "dense/rsum"
+    """``mode/metric`` on the val split that picks the best epoch (never the test split)."""
+    eval_batch_size: int = 256
+    max_train_images: int = 0
+    """Use only the first N training images (0 = all); handy for smoke runs."""
+
+
+@dataclass
+class MEETConfig:
+    """The whole configuration; stored as ``config.json`` in each checkpoint."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    preset: str = "default"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "MEETConfig":
+        """Strict: an unknown section or key is an error (a config from another tool,
+        or a typo, must not be silently half-applied)."""
+        if not isinstance(data, dict):
+            raise ConfigError("config must be a JSON object", fix="check config.json")
+        known = {"model": ModelConfig, "loss": LossConfig, "train": TrainConfig, "preset": None}
+        unknown = set(data) - set(known)
+        if unknown:
+            raise ConfigError(f"unknown config section(s) {sorted(unknown)}",
+                              fix="remove them; sections are model, loss, train")
+        sections = {}
+        for name, klass in known.items():
+            if klass is None:
+                continue
+            sections[name] = _build_section(klass, data.get(name, {}), name)
+        return cls(preset=str(data.get("preset", "default")), **sections)
+
+    def override(self, **changes: Any) -> "MEETConfig":
+        """Return a copy with fields changed by their (unique) names."""
+        new = MEETConfig.from_dict(self.to_dict())
+        index = field_index()
+        for key, value in changes.items():
+            if key not in index:
+                raise ConfigError(f"unknown config field {key!r}",
+                                  fix=f"choose one of {sorted(index)}")
+            setattr(getattr(new, index[key]), key, value)
+        return new
+
+
+def validate(cfg: MEETConfig) -> MEETConfig:
+    """Reject values no run can use, naming the flag; returns ``cfg`` unchanged."""
+    m, lo, t = cfg.model, cfg.loss, cfg.train
+    checks = [
+        (m.image_encoder in ("precomp", "cnn", "hf"), "--image-encoder", "precomp, cnn or hf"),
+        (m.text_encoder in ("bigru", "bert"), "--text-encoder", "bigru or bert"),
+        (m.embed_dim > 0, "--embed-dim", "a positive size"),
+        (m.n_bits > 0 and m.n_bits % 8 == 0, "--n-bits", "a positive multiple of 8"),
+        (m.n_codebooks > 0 and m.n_bits % max(m.n_codebooks, 1) == 0, "--n-codebooks",
+         "a positive divisor of --n-bits"),
+        (2 <= m.codebook_size <= 65536, "--codebook-size", "between 2 and 65536"),
+        (m.image_size >= 16, "--image-size", "at least 16 pixels"),
+        (m.precomp_dim > 0 and m.cnn_width > 0 and m.word_dim > 0, "--precomp-dim/--cnn-width/--word-dim",
+         "positive sizes"),
+        (m.gru_layers > 0 and m.max_text_len > 0, "--gru-layers/--max-text-len", "positive values"),
+        (m.image_encoder != "hf" or bool(m.vision_backbone), "--vision-backbone",
+         "a path or name when --image-encoder hf"),
+        (lo.ranking in ("hinge", "infonce"), "--ranking", "hinge or infonce"),
+        (lo.margin >= 0 and lo.temperature > 0, "--margin/--temperature", "margin >= 0, temperature > 0"),
+        (0 <= lo.reweight_strength <= 1 and lo.reweight_temperature > 0,
+         "--reweight-strength/--reweight-temperature", "strength in [0, 1], temperature > 0"),
+        (-1 <= lo.filter_threshold <= 1, "--filter-threshold", "a cosine in [-1, 1]"),
+        (t.epochs > 0, "--epochs", "at least 1"),
+        (t.batch_size >= 2, "--batch-size", "at least 2 (in-batch negatives)"),
+        (t.lr > 0 and t.hash_lr > 0, "--lr/--hash-lr", "positive learning rates"),
+        (t.lr_decay_epochs > 0 and 0 < t.lr_decay <= 1, "--lr-decay-epochs/--lr-decay",
+         "a positive period and a factor in (0, 1]"),
+        (t.grad_clip >= 0 and t.num_workers >= 0 and t.max_train_images >= 0,
+         "--grad-clip/--num-workers/--max-train-images", "non-negative values"),
+        (t.caption_sampling in ("all", "per_image"), "--caption-sampling", "all or per_image"),
+        (t.kmeans_iters > 0 and t.kmeans_sample > 0 and t.eval_batch_size > 0,
+         "--kmeans-iters/--kmeans-sample/--eval-batch-size", "positive values"),
+        (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"), "--device", "auto, cpu or cuda"),
+        (all(w >= 0 for w in t.family_weights.values()), "--family-weights", "non-negative weights"),
+        (t.select_metric.count("/") == 1, "--select-metric", "mode/metric, e.g. dense/rsum"),
+    ]
+    for ok, flag, expected in checks:
+        if not ok:
+            raise ConfigError(f"invalid value for {flag}", fix=f"expected {expected}")
+    return cfg
+
+
+def _build_section(klass: type, values: Any, name: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"config section {name!r} must be an object")
+    names = {f.name for f in fields(klass)}
+    unknown = set(values) - names
+    if unknown:
+        raise ConfigError(f"unknown key(s) {sorted(unknown)} in config section {name!r}",
+                          fix="the checkpoint was written by another version, or the file was edited")
+    return klass(**values)
+
+
+def field_index() -> dict[str, str]:
+    """Map each field name to its section name (names are unique across sections)."""
+    index: dict[str, str] = {}
+    for section, klass in (("model", ModelConfig), ("loss", LossConfig), ("train", TrainConfig)):
+        for f in fields(klass):
+            assert f.name not in index, f"duplicate config field {f.name}"
+            index[f.name] = section
+    return index
+
+
+def _shapes_demo() -> MEETConfig:
+    """The bundled demo: trains from scratch on Shapes on a 2-core CPU in < 30 min.
+
+    Not the paper's loss: METHOD.md measured that max-violation hinge collapses on
+    Shapes, where the hardest in-batch negative is nearly always a true match. The demo
+    uses symmetric InfoNCE with identical captions as extra positives and samples
+    specific captions more often than generic ones, and says so in its model card.
+    """
+    cfg = MEETConfig(preset="shapes-demo")
+    cfg.model = ModelConfig(image_encoder="cnn", text_encoder="bigru", embed_dim=256,
+                            word_dim=128, cnn_width=32, image_size=64)
+    cfg.loss = LossConfig(ranking="infonce", temperature=0.05, beta1=1.0, beta2=0.1,
+                          text_positives=True, filter_negatives=True, filter_threshold=0.95,
+                          reweight_pairs=True)
+    cfg.train = TrainConfig(epochs=15, batch_size=128, lr=2e-3, hash_lr=2e-3,
+                            lr_decay_epochs=11, caption_sampling="per_image",
+                            family_weights={"all_objects": 3.0, "one_object": 2.0,
+                                            "relation": 2.0, "rephrased": 2.0,
+                                            "count": 0.5, "attribute": 0.5})
+    return cfg
+
+
+def _official() -> MEETConfig:
+    """The released code's settings: hinge max-violation on both spaces, no L_f, no
+    L_q, no filtering or reweighting at training time, 12 epochs, Adam 2e-4 / 2e-2."""
+    return MEETConfig(preset="official")
+
+
+def _full() -> MEETConfig:
+    """The paper's full Stage I: official settings plus L_f, L_q, in-batch filtering
+    of misleading negatives and adaptive pair reweighting."""
+    cfg = MEETConfig(preset="full")
+    cfg.loss = LossConfig(beta1=1.0, beta2=0.1, text_positives=True,
+                          filter_negatives=True, reweight_pairs=True)
+    return cfg
+
+
+PRESETS = {"shapes-demo": _shapes_demo, "official": _official, "full": _full}
+
+
+def preset(name: str) -> MEETConfig:
+    """Build a named preset (a fresh object each call)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}", fix=f"choose one of {sorted(PRESETS)}")
+    return PRESETS[name]()

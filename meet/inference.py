@@ -1,0 +1,140 @@
+"""The public inference API: ``meet.load(RUN)`` and batch encoding.
+
+The app, the notebooks, evaluation and outside users all encode through
+:class:`MEETModel`, so an embedding means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from meet.checkpoint import load_checkpoint
+from meet.config import MEETConfig
+from meet.data.images import open_image
+from meet.errors import ConfigError, DataError
+from meet.model import MEET
+from meet.quantization import pack_codes
+
+
+def select_device(name: str | None = "auto") -> torch.device:
+    """``auto``/None -> CUDA when available, else CPU (with a message); or as named."""
+    if name in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA device is available",
+                          fix="use --device cpu or auto")
+    if name not in ("cpu", "cuda") and not str(name).startswith("cuda:"):
+        raise ConfigError(f"unknown device {name!r}", fix="use auto, cpu or cuda")
+    return torch.device(name)
+
+
+@dataclass
+class Encoded:
+    """Encodings of n items, all numpy.
+
+    ``dense`` (n, embed_dim) float32 L2-normalised; ``hash`` (n, n_bits) float32 in
+    [-1, 1]; ``codes`` (n, n_bits / 8) uint8 bit-packed ``sign(hash)``; ``pq_codes``
+    (n, n_codebooks) uint8 (or int16 when codebook_size > 256); ``seconds`` wall time.
+    """
+
+    dense: np.ndarray
+    hash: np.ndarray
+    codes: np.ndarray
+    pq_codes: np.ndarray
+    seconds: float = 0.0
+
+    def __len__(self) -> int:
+        return self.dense.shape[0]
+
+
+class MEETModel:
+    """A loaded checkpoint, in eval mode on one device, ready to encode."""
+
+    def __init__(self, model: MEET, cfg: MEETConfig, device: torch.device, folder: Path | None = None):
+        self.model = model.to(device).eval()
+        self.cfg = cfg
+        self.device = device
+        self.folder = folder
+
+    @property
+    def kind(self) -> str:
+        """``precomp`` models take feature arrays; the others take images."""
+        return "precomp" if self.cfg.model.image_encoder == "precomp" else "raw"
+
+    def encode_images(self, images: Sequence[Any], batch_size: int = 256,
+                      progress: Callable[[int, int], None] | None = None) -> Encoded:
+        """PIL images, image paths/bytes, or (for precomp models) feature arrays."""
+        def batches():
+            for start in range(0, len(images), batch_size):
+                chunk = images[start:start + batch_size]
+                yield self._image_batch(chunk)
+        return self._encode(batches(), "image", len(images), batch_size, progress)
+
+    def encode_image_batches(self, batches: Any, n_items: int, batch_size: int,
+                             progress: Callable[[int, int], None] | None = None) -> Encoded:
+        """Encode ready-made image-encoder input batches (data-set tensors)."""
+        return self._encode(batches, "image", n_items, batch_size, progress)
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 1024,
+                     progress: Callable[[int, int], None] | None = None) -> Encoded:
+        """Raw caption strings (any text; unknown words map to the unknown token)."""
+        if isinstance(texts, str):
+            raise DataError("encode_texts takes a list of strings, got one string",
+                            fix="wrap it in a list: encode_texts([text])")
+        tokenize = self.model.text_encoder.tokenize
+        batches = (tokenize(list(texts[s:s + batch_size])) for s in range(0, len(texts), batch_size))
+        return self._encode(batches, "text", len(texts), batch_size, progress)
+
+    def _image_batch(self, chunk: Sequence[Any]) -> torch.Tensor:
+        encoder = self.model.image_encoder
+        if self.kind == "precomp":
+            return encoder.preprocess_features(list(chunk))
+        return encoder.preprocess([open_image(item) for item in chunk])
+
+    @torch.no_grad()
+    def _encode(self, batches: Any, side: str, n_items: int, batch_size: int,
+                progress: Callable[[int, int], None] | None) -> Encoded:
+        start = time.perf_counter()
+        dense, hashed = [], []
+        done = 0
+        for batch in batches:
+            if side == "image":
+                out = self.model.encode_image(batch.to(self.device))
+            else:
+                out = self.model.encode_text({k: v.to(self.device) for k, v in batch.items()})
+            dense.append(out["dense"].float().cpu())
+            hashed.append(out["hash"].float().cpu())
+            done += dense[-1].shape[0]
+            if progress is not None:
+                progress(done, n_items)
+        dim, n_bits = self.cfg.model.embed_dim, self.cfg.model.n_bits
+        dense_t = torch.cat(dense) if dense else torch.zeros(0, dim)
+        hash_t = torch.cat(hashed) if hashed else torch.zeros(0, n_bits)
+        pq = self.model.image_pq if side == "image" else self.model.text_pq
+        if pq.is_fitted:
+            pq_codes = pq.encode(hash_t.to(pq.codebooks.device)).cpu().numpy()
+        else:
+            pq_codes = np.zeros((hash_t.shape[0], self.cfg.model.n_codebooks), dtype=np.int64)
+        code_dtype = np.uint8 if self.cfg.model.codebook_size <= 256 else np.int16
+        return Encoded(dense=dense_t.numpy(), hash=hash_t.numpy(),
+                       codes=pack_codes(hash_t.numpy()) if hash_t.shape[0] else
+                       np.zeros((0, n_bits // 8), np.uint8),
+                       pq_codes=pq_codes.astype(code_dtype),
+                       seconds=time.perf_counter() - start)
+
+
+def load(path: str | Path, device: str | None = None) -> MEETModel:
+    """Load a checkpoint folder or a training run folder (its best checkpoint).
+
+    ``device``: None/"auto" picks CUDA when available, else CPU.
+    """
+    torch_device = select_device(device)
+    model, cfg, folder = load_checkpoint(path, device="cpu")
+    return MEETModel(model, cfg, torch_device, folder)
