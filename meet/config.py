@@ -145,12 +145,50 @@ class TrainConfig:
 
 
 @dataclass
+class CascadeConfig:
+    """Stage II search: Hamming filter -> quantization filter -> reweighted re-rank.
+
+    A rate is a fraction of the gallery when it is <= 1.0 (the paper's) and a count of
+    items when it is > 1 (the fast setting: the work per query no longer grows with the
+    gallery). Directions: ``i2t`` (image queries over captions), ``t2i`` (text queries
+    over images).
+    """
+
+    hamming_rate_i2t: float = 0.3
+    """R for image->text: share (<=1) or count (>1) of the gallery the Hamming filter keeps."""
+    hamming_rate_t2i: float = 0.6
+    """R for text->image."""
+    pq_rate_i2t: float = 0.5
+    """q for image->text: share (<=1) or count (>1) of the Hamming survivors the
+    quantization filter keeps."""
+    pq_rate_t2i: float = 0.6
+    """q for text->image."""
+    top_z_i2t: int = 15
+    """Candidates whose own ranking is consulted for complementarity (official: 15)."""
+    top_z_t2i: int = 12
+    """Same for text->image (official: 12)."""
+    alpha: float = 0.1
+    """Weight of the consistency term in the fused re-rank score."""
+    beta: float = 0.1
+    """Weight of the complementarity term in the fused re-rank score."""
+    consistency_temperature: float = 0.05
+    """Softmax temperature of the external attention over the candidate set."""
+    reciprocal_k: int = 100
+    """Each gallery item stores its top-k scores in the other modality's gallery, so the
+    complementarity rank of a query is exact up to k (beyond k it counts as k)."""
+    fusion: bool = True
+    """Fuse dense, consistency and complementarity scores (the paper); False re-sorts the
+    top z by reciprocal rank alone (the released code)."""
+
+
+@dataclass
 class MEETConfig:
     """The whole configuration; stored as ``config.json`` in each checkpoint."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    cascade: CascadeConfig = field(default_factory=CascadeConfig)
     preset: str = "default"
 
     def to_dict(self) -> dict[str, Any]:
@@ -165,11 +203,12 @@ class MEETConfig:
         or a typo, must not be silently half-applied)."""
         if not isinstance(data, dict):
             raise ConfigError("config must be a JSON object", fix="check config.json")
-        known = {"model": ModelConfig, "loss": LossConfig, "train": TrainConfig, "preset": None}
+        known = {"model": ModelConfig, "loss": LossConfig, "train": TrainConfig,
+                 "cascade": CascadeConfig, "preset": None}
         unknown = set(data) - set(known)
         if unknown:
             raise ConfigError(f"unknown config section(s) {sorted(unknown)}",
-                              fix="remove them; sections are model, loss, train")
+                              fix="remove them; sections are model, loss, train, cascade")
         sections = {}
         for name, klass in known.items():
             if klass is None:
@@ -245,7 +284,8 @@ def _build_section(klass: type, values: Any, name: str) -> Any:
 def field_index() -> dict[str, str]:
     """Map each field name to its section name (names are unique across sections)."""
     index: dict[str, str] = {}
-    for section, klass in (("model", ModelConfig), ("loss", LossConfig), ("train", TrainConfig)):
+    for section, klass in (("model", ModelConfig), ("loss", LossConfig), ("train", TrainConfig),
+                           ("cascade", CascadeConfig)):
         for f in fields(klass):
             assert f.name not in index, f"duplicate config field {f.name}"
             index[f.name] = section

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from meet.data import shapes, shapes_render
+from meet.data import shapes
 from meet.data.images import open_image
 from meet.data.shapes import (COLOURS, FAMILIES, SHAPES, SIZES, encode_facts, encode_scenes,
                               ensure_shapes, generate, is_relevant, parse_caption,
                               relevance_matrix, single_object_queries)
+from meet.data.shapes import render, writer
 from meet.errors import ConfigError, DataError
 
 SMALL = dict(n_train=20, n_val=5, n_test=5, seed=3, image_size=48, progress=False)
@@ -27,7 +30,7 @@ def small_set(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def records() -> list[dict]:
     """300 records without pixels (captions and scenes only: fast)."""
-    return [shapes_render.make_record(11, i, 64, "test", None) for i in range(300)]
+    return [render.make_record(11, i, 64, "test", None) for i in range(300)]
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -41,9 +44,9 @@ def _scene(*objects: tuple[str, str, str, float, float]) -> dict:
 
 
 def test_vocabulary_is_shared_by_renderer():
-    assert set(shapes_render.COLOUR_RGB) == set(COLOURS)
-    assert set(shapes_render.DRAWERS) == set(SHAPES)
-    assert set(shapes_render.RADIUS_FRACTION) == set(SIZES) == set(shapes.SIZE_WORDS)
+    assert set(render.COLOUR_RGB) == set(COLOURS)
+    assert set(render.DRAWERS) == set(SHAPES)
+    assert set(render.RADIUS_FRACTION) == set(SIZES) == set(shapes.SIZE_WORDS)
     assert set(shapes.FAMILY_WEIGHTS) == set(FAMILIES)
 
 
@@ -83,7 +86,7 @@ def test_dataset_json_layout(small_set):
 
 def test_object_centre_pixels_have_the_object_colour(small_set):
     data = json.loads((small_set / "dataset.json").read_text())
-    palette = np.array([shapes_render.COLOUR_RGB[c] for c in COLOURS], dtype=float)
+    palette = np.array([render.COLOUR_RGB[c] for c in COLOURS], dtype=float)
     for record in data["images"]:
         pixels = np.asarray(open_image(small_set / "images" / record["filename"]), dtype=float)
         for obj in record["scene"]["objects"]:
@@ -285,6 +288,15 @@ def test_cli_rejects_bad_arguments_and_writes_nothing(tmp_path, bad, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_python_dash_m_entry_point(tmp_path):
+    """``python -m meet.data.shapes`` runs the package's CLI (exit 2 on a bad argument)."""
+    done = subprocess.run([sys.executable, "-m", "meet.data.shapes", "--out", str(tmp_path / "out"),
+                           "--image-size", "16"], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 2 and "image_size" in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cli_refuses_non_empty_folder_unless_overwrite(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -302,7 +314,7 @@ def test_cli_refuses_non_empty_folder_unless_overwrite(tmp_path):
 def test_crash_leaves_no_half_written_data_set(tmp_path, monkeypatch):
     def explode(task):
         raise RuntimeError("disk full")
-    monkeypatch.setattr(shapes_render, "render_chunk", explode)
+    monkeypatch.setattr(render, "render_chunk", explode)
     with pytest.raises(RuntimeError):
         generate(tmp_path / "out", n_train=3, n_val=0, n_test=0, progress=False)
     assert list(tmp_path.iterdir()) == []
@@ -311,7 +323,7 @@ def test_crash_leaves_no_half_written_data_set(tmp_path, monkeypatch):
 def test_ensure_shapes_reuses_and_checks(small_set, monkeypatch):
     def must_not_run(*args, **kwargs):
         raise AssertionError("regenerated a cached data set")
-    monkeypatch.setattr(shapes, "generate", must_not_run)
+    monkeypatch.setattr(writer, "generate", must_not_run)
     assert ensure_shapes(small_set, **SMALL) == small_set
     with pytest.raises(DataError):
         ensure_shapes(small_set, **{**SMALL, "seed": 5})
