@@ -81,6 +81,8 @@ def save_checkpoint(model: MEET, cfg: MEETConfig, folder: Path,
             tensors, meta = _flatten_optimizer(optimizer)
             save_file(tensors, str(tmp / "optimizer.safetensors"))
             (tmp / "optimizer.json").write_text(json.dumps(meta))
+        for path in tmp.rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)  # safetensors writes 0600
         _fsync_dir(tmp)
         if folder.exists():
             shutil.rmtree(folder)
@@ -156,6 +158,13 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
         raise CheckpointError(f"weights in {folder} do not match its config.json: {' '.join(first)}",
                               fix="the config and weights come from different models") from exc
     return model.to(device).eval(), cfg, folder
+
+
+def export_checkpoint(source: str | Path, target: str | Path) -> Path:
+    """Copy a run's best checkpoint (or a checkpoint) to ``target`` without the training
+    state (optimizer, trainer history): what ships, e.g. ``assets/shapes-demo``."""
+    model, cfg, _ = load_checkpoint(source)
+    return save_checkpoint(model, cfg, Path(target))
 
 
 def read_pointer(run: Path) -> dict[str, Any]:

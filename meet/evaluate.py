@@ -133,21 +133,26 @@ def shapes_relevance(ds: ImageTextDataset) -> torch.Tensor | None:
 
 def single_object_precision(model: MEETModel, ds: ImageTextDataset, images: Encoded,
                             modes: tuple[str, ...], k: int = 10) -> dict[str, dict[str, float]]:
-    """Text->image P@k of every "a {colour} {shape}" / "a {size} {colour} {shape}" query
-    with at least k relevant images (Shapes only): {mode: {"p@k", "n_queries"}}."""
+    """Text->image P@k of the single-object queries with at least k relevant images
+    (Shapes only): all of them, "a {colour} {shape}" ("a red circle") and "a {size}
+    {colour} {shape}" ("a small blue star"). {mode: {"all": p, "colour_shape": p,
+    "size_colour_shape": p, "n_queries": n}}."""
     from meet.data.shapes import parse_caption, relevance_matrix, single_object_queries
 
     queries = single_object_queries()
     relevance = torch.from_numpy(relevance_matrix([parse_caption(q) for q in queries], ds.scenes))
     keep = relevance.sum(dim=1) >= k
-    texts = model.encode_texts([q for q, ok in zip(queries, keep) if ok])
+    kept = [q for q, ok in zip(queries, keep) if ok]
+    with_size = torch.tensor([len(q.split()) == 4 for q in kept], dtype=torch.bool)  # "a small blue star"
+    texts = model.encode_texts(kept)
     relevance = relevance[keep]
     out = {}
     for mode in modes:
         _, t2i_fn = score_functions(mode, model, images, texts)
         scores = t2i_fn(torch.arange(len(images)), torch.arange(len(texts))).T
         p = metrics.precision_at_k(scores, relevance, k)
-        out[mode] = {f"p@{k}": float(p.mean()), "n_queries": int(keep.sum())}
+        out[mode] = {"all": float(p.mean()), "colour_shape": float(p[~with_size].mean()),
+                     "size_colour_shape": float(p[with_size].mean()), "n_queries": len(kept)}
     return out
 
 
@@ -160,7 +165,9 @@ def evaluate(model: MEETModel, ds: ImageTextDataset, modes: tuple[str, ...] = MO
                for mode in modes}
     if relevance is not None:
         for mode, values in single_object_precision(model, ds, images, modes).items():
-            results[mode]["t2i_single_object_p@10"] = values["p@10"]
+            results[mode]["t2i_single_object_p@10"] = values["all"]
+            results[mode]["t2i_colour_shape_p@10"] = values["colour_shape"]
+            results[mode]["t2i_size_colour_shape_p@10"] = values["size_colour_shape"]
             results[mode]["single_object_queries"] = values["n_queries"]
     return results
 
@@ -168,7 +175,8 @@ def evaluate(model: MEETModel, ds: ImageTextDataset, modes: tuple[str, ...] = MO
 def format_table(results: dict[str, dict[str, float]]) -> str:
     """A Markdown table of the headline numbers, one row per mode."""
     columns = ["i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum",
-               "t2i_p@10", "t2i_map@r", "i2t_map@r", "t2i_single_object_p@10"]
+               "t2i_p@10", "t2i_map@r", "i2t_map@r", "t2i_single_object_p@10",
+               "t2i_colour_shape_p@10", "t2i_size_colour_shape_p@10"]
     present = [c for c in columns if any(c in r for r in results.values())]
     lines = ["| mode | " + " | ".join(present) + " |", "|---" * (len(present) + 1) + "|"]
     for mode, values in results.items():

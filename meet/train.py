@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -139,10 +140,13 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         for epoch in range(self.start_epoch, self.cfg.train.epochs):
+            start = time.perf_counter()
             record = {"epoch": epoch, **self.train_epoch(epoch)}
+            record["train_seconds"] = time.perf_counter() - start
             self.refit_codebooks(epoch)
             if self.main_process:
                 record.update(self.validate())
+                record["epoch_seconds"] = time.perf_counter() - start
                 self.history.append(record)
                 self.save(epoch, record)
             if self.world > 1:
