@@ -9,12 +9,17 @@ Modes (how an image and a caption are scored):
   fixed random jitter smaller than one bit, so no mode gains from index order;
 - ``pq``: asymmetric quantized distance: the float hash feature of the query against
   the PQ reconstruction of each item, through an M x K lookup table per query. The two
-  directions use different codebooks, hence two score matrices.
+  directions use different codebooks, hence two score matrices;
+- ``cascade``: Stage II, the Hamming filter, then the quantization filter, then the dense
+  re-rank of the survivors (rates from ``CascadeConfig``); filtered items rank last;
+- ``meet``: the cascade with the re-rank reweighted by consistency and complementarity
+  (:mod:`meet.reweighting`). On Shapes both also report the share of truly relevant items
+  each filter drops.
 
 CLI::
 
     python -m meet.evaluate --checkpoint RUN --data DIR --split test \
-        [--protocol full|1k|5fold|5k] [--modes dense,hash,pq] [--json OUT]
+        [--protocol full|1k|5fold|5k] [--modes dense,hash,pq,cascade,meet] [--json OUT]
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -35,7 +40,10 @@ from meet.errors import ConfigError, MEETError
 from meet.inference import Encoded, MEETModel
 from meet.quantization import adc_scores
 
-MODES = ("dense", "hash", "pq")
+if TYPE_CHECKING:
+    from meet.index import GalleryIndex
+
+MODES = ("dense", "hash", "pq", "cascade", "meet")
 _TIE_JITTER = 0.25  # < 1: +-1 code dot products step by 2, so jitter never reorders levels
 
 
@@ -79,7 +87,89 @@ def score_functions(mode: str, model: MEETModel, images: Encoded, texts: Encoded
         i2t = lambda i, c: adc_scores(pq_txt.lookup_tables(h_img[i]), c_txt[c])
         t2i = lambda i, c: adc_scores(pq_img.lookup_tables(h_txt[c]), c_img[i]).T
         return i2t, t2i
+    if mode in ("cascade", "meet"):
+        return _cascade_functions(mode, model, images, texts)
     raise ConfigError(f"unknown mode {mode!r}", fix=f"choose from {', '.join(MODES)}")
+
+
+def _take(encoded: Encoded, index: torch.Tensor) -> Encoded:
+    rows = index.numpy()
+    return Encoded(dense=encoded.dense[rows], hash=encoded.hash[rows], codes=encoded.codes[rows],
+                   pq_codes=encoded.pq_codes[rows])
+
+
+def gallery_pair(model: MEETModel, images: Encoded, texts: Encoded,
+                 image_ids: list[str] | None = None, caption_ids: list[str] | None = None
+                 ) -> tuple["GalleryIndex", "GalleryIndex"]:
+    """Index already-encoded images and captions as two galleries, each item keeping its
+    top ``reciprocal_k`` scores against the other side (for complementarity)."""
+    from meet.index import GalleryIndex
+    from meet.reciprocal import reciprocal_scores
+
+    k = model.cfg.cascade.reciprocal_k
+    image_rec = text_rec = None
+    if k > 0 and len(images) and len(texts):
+        image_rec, text_rec = reciprocal_scores(images.dense.astype(np.float16),
+                                                texts.dense.astype(np.float16), k, k)
+    image_ids = image_ids or [str(i) for i in range(len(images))]
+    caption_ids = caption_ids or [str(i) for i in range(len(texts))]
+    codebooks = {side: pq.codebooks.detach().cpu().numpy()
+                 for side, pq in (("image", model.model.image_pq), ("text", model.model.text_pq))}
+    image_index = GalleryIndex.from_arrays("image", image_ids, images.dense, images.codes,
+                                           images.pq_codes, codebooks["image"], image_rec)
+    text_index = GalleryIndex.from_arrays("text", caption_ids, texts.dense, texts.codes,
+                                          texts.pq_codes, codebooks["text"], text_rec)
+    return image_index, text_index
+
+
+def _cascade_functions(mode: str, model: MEETModel, images: Encoded, texts: Encoded
+                       ) -> tuple[Callable, Callable]:
+    """Score functions through the Stage II cascade; items a filter removed score -inf.
+
+    The gallery of each call is the given subset (a COCO fold is its own gallery), so the
+    index is built per subset; a full-split evaluation builds it once (memoised).
+    """
+    from meet.retrieval import full_scores
+
+    cfg = model.cfg.cascade
+    cache: dict[tuple[bytes, bytes], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def both(i: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (i.numpy().tobytes(), c.numpy().tobytes())
+        if key not in cache:
+            sub_images, sub_texts = _take(images, i), _take(texts, c)
+            image_index, text_index = gallery_pair(model, sub_images, sub_texts)
+            i2t = full_scores(sub_images, text_index, cfg, "i2t", mode)
+            t2i = full_scores(sub_texts, image_index, cfg, "t2i", mode)
+            cache.clear()
+            cache[key] = (torch.from_numpy(i2t), torch.from_numpy(t2i).T)
+        return cache[key]
+    return (lambda i, c: both(i, c)[0]), (lambda i, c: both(i, c)[1])
+
+
+def filter_drops(model: MEETModel, images: Encoded, texts: Encoded,
+                 relevance: torch.Tensor) -> dict[str, float]:
+    """Share of the truly relevant items each filter removes, per direction (Shapes).
+
+    ``relevance`` (n_captions, n_images). t2i: every caption queries the images; i2t:
+    every image queries the captions. ``*_dropped_hamming``: relevant items outside the
+    Hamming survivors, over all relevant pairs; ``*_dropped_pq``: relevant items the
+    quantization filter removed from the Hamming survivors, over all relevant pairs.
+    """
+    from meet.retrieval import stage_survivors
+
+    image_index, text_index = gallery_pair(model, images, texts)
+    cfg = model.cfg.cascade
+    out = {}
+    for direction, queries, gallery, rel in (("t2i", texts, image_index, relevance.numpy()),
+                                             ("i2t", images, text_index, relevance.numpy().T)):
+        masks = stage_survivors(queries, gallery, cfg, direction)
+        total = max(int(rel.sum()), 1)
+        out[f"{direction}_relevant_dropped_hamming"] = float((rel & ~masks.after_hamming).sum()) / total
+        out[f"{direction}_relevant_dropped_pq"] = float((rel & masks.after_hamming & ~masks.after_pq).sum()) / total
+        out[f"{direction}_kept_after_hamming"] = float(masks.after_hamming.sum(1).mean())
+        out[f"{direction}_kept_after_pq"] = float(masks.after_pq.sum(1).mean())
+    return out
 
 
 def _as_index(indices: torch.Tensor | np.ndarray | range) -> torch.Tensor:
@@ -132,7 +222,8 @@ def shapes_relevance(ds: ImageTextDataset) -> torch.Tensor | None:
 
 
 def single_object_precision(model: MEETModel, ds: ImageTextDataset, images: Encoded,
-                            modes: tuple[str, ...], k: int = 10) -> dict[str, dict[str, float]]:
+                            texts: Encoded, modes: tuple[str, ...], k: int = 10
+                            ) -> dict[str, dict[str, float]]:
     """Text->image P@k of the single-object queries with at least k relevant images
     (Shapes only): all of them, "a {colour} {shape}" ("a red circle") and "a {size}
     {colour} {shape}" ("a small blue star"). {mode: {"all": p, "colour_shape": p,
@@ -144,12 +235,20 @@ def single_object_precision(model: MEETModel, ds: ImageTextDataset, images: Enco
     keep = relevance.sum(dim=1) >= k
     kept = [q for q, ok in zip(queries, keep) if ok]
     with_size = torch.tensor([len(q.split()) == 4 for q in kept], dtype=torch.bool)  # "a small blue star"
-    texts = model.encode_texts(kept)
+    probes = model.encode_texts(kept)
     relevance = relevance[keep]
+    image_index = None
     out = {}
     for mode in modes:
-        _, t2i_fn = score_functions(mode, model, images, texts)
-        scores = t2i_fn(torch.arange(len(images)), torch.arange(len(texts))).T
+        if mode in ("cascade", "meet"):
+            # the gallery is the split's images, indexed against the split's captions
+            from meet.retrieval import full_scores
+            if image_index is None:
+                image_index, _ = gallery_pair(model, images, texts)
+            scores = torch.from_numpy(full_scores(probes, image_index, model.cfg.cascade, "t2i", mode))
+        else:
+            _, t2i_fn = score_functions(mode, model, images, probes)
+            scores = t2i_fn(torch.arange(len(images)), torch.arange(len(probes))).T
         p = metrics.precision_at_k(scores, relevance, k)
         out[mode] = {"all": float(p.mean()), "colour_shape": float(p[~with_size].mean()),
                      "size_colour_shape": float(p[with_size].mean()), "n_queries": len(kept)}
@@ -163,8 +262,13 @@ def evaluate(model: MEETModel, ds: ImageTextDataset, modes: tuple[str, ...] = MO
     relevance = shapes_relevance(ds)
     results = {mode: evaluate_mode(mode, model, ds, images, texts, protocol, relevance)
                for mode in modes}
+    if relevance is not None and any(m in ("cascade", "meet") for m in modes):
+        drops = filter_drops(model, images, texts, relevance)
+        for mode in modes:
+            if mode in ("cascade", "meet"):
+                results[mode].update(drops)
     if relevance is not None:
-        for mode, values in single_object_precision(model, ds, images, modes).items():
+        for mode, values in single_object_precision(model, ds, images, texts, modes).items():
             results[mode]["t2i_single_object_p@10"] = values["all"]
             results[mode]["t2i_colour_shape_p@10"] = values["colour_shape"]
             results[mode]["t2i_size_colour_shape_p@10"] = values["size_colour_shape"]
@@ -199,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", required=True, type=Path, help="data set folder")
     parser.add_argument("--split", default="test")
     parser.add_argument("--protocol", default="full", choices=["full", "1k", "5fold", "5k"])
-    parser.add_argument("--modes", default="dense,hash,pq", help="comma-separated: dense,hash,pq")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, from {','.join(MODES)}")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--image-dir", type=Path, default=None, help="raw images, if not under --data")

@@ -277,8 +277,11 @@ def _ddp_device(device: str) -> torch.device:
     return torch.device("cpu")
 
 
-def prepare_run(args: argparse.Namespace) -> MEETConfig:
-    """The run's config: fresh (preset + flags, refuse to overwrite) or resumed."""
+def prepare_run(args: argparse.Namespace, main_process: bool = True) -> MEETConfig:
+    """The run's config: fresh (preset + flags, refuse to overwrite) or resumed.
+
+    Under torchrun only rank 0 checks and creates the run folder; the other ranks would
+    otherwise see rank 0's fresh folder and refuse it."""
     cfg, overrides = config_from_args(args)
     out: Path = args.out
     if args.resume:
@@ -293,7 +296,7 @@ def prepare_run(args: argparse.Namespace) -> MEETConfig:
             raise ConfigError(f"--resume keeps the run's config; cannot change {sorted(changed)}",
                               fix=f"only {sorted(RESUMABLE_FLAGS)} may change when resuming")
         return validate(saved.override(**overrides))
-    if out.exists() and any(out.iterdir()):
+    if main_process and out.exists() and any(out.iterdir()):
         raise ConfigError(f"run folder {out} exists and is not empty",
                           fix="pass --resume to continue it, or choose another --out")
     return cfg
@@ -301,19 +304,21 @@ def prepare_run(args: argparse.Namespace) -> MEETConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    main_process = int(os.environ.get("RANK", "0")) == 0
     created = False
     try:
-        cfg = prepare_run(args)
+        cfg = prepare_run(args, main_process)
         if not args.data.exists():
             raise ConfigError(f"--data {args.data} does not exist", fix="generate Shapes with "
                               "python -m meet.data.shapes --out DIR, or point to your data set")
-        created = not args.out.exists()
-        args.out.mkdir(parents=True, exist_ok=True)
-        if not os.access(args.out, os.W_OK):
-            raise ConfigError(f"--out {args.out} is not writable")
-        for stale in args.out.glob("checkpoints/.tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        (args.out / "config.json").write_text(cfg.to_json())
+        if main_process:
+            created = not args.out.exists()
+            args.out.mkdir(parents=True, exist_ok=True)
+            if not os.access(args.out, os.W_OK):
+                raise ConfigError(f"--out {args.out} is not writable")
+            for stale in args.out.glob("checkpoints/.tmp-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            (args.out / "config.json").write_text(cfg.to_json())
         trainer = Trainer(cfg, args.data, args.out, args.image_dir, args.val_split, resume=args.resume)
         best = trainer.run()
     except MEETError as exc:

@@ -1,0 +1,319 @@
+"""Stage II building blocks: survivor counts, exact top-k with a fixed tie order, the
+Hamming filter, the quantization (ADC) filter, and exhaustive scoring for the baselines.
+
+One tie rule holds everywhere, so that results never depend on a library's heap order:
+**items are ranked by their score, and equal scores by gallery position (lower first)**,
+i.e. a stable sort over the gallery in position order. Every function here returns
+exactly what that stable sort would return, and ``tests/test_retrieval.py`` checks each
+against a plain numpy reference.
+
+Temporaries are bounded by :data:`WORK_BUDGET` elements (a memory bound, not a method
+constant: it changes how work is split, never a result).
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from meet.errors import ConfigError
+
+WORK_BUDGET = 1 << 24
+"""Elements (floats or int64) one temporary may hold: ~64-128 MB."""
+
+_TOPK_SLACK = 8
+"""Extra candidates asked of ``torch.topk`` so that boundary ties are usually inside the
+candidate set; when they are not, the row falls back to a full stable sort."""
+
+CACHE_CHUNK = 1 << 18
+"""Elements per gather-and-score chunk in the PQ and re-rank stages: small enough to
+stay in a core's cache (converting float16 rows to float32 is several times faster
+there than over a large fresh buffer)."""
+
+_SORT_MIN_SHARE = 0.25
+"""The Hamming filter sorts all distances when it keeps more than this share of the
+gallery (the paper's fractional rates): a k-heap that large is slower than sorting."""
+
+
+def survivor_count(rate: float, n_items: int, name: str = "rate") -> int:
+    """How many of ``n_items`` a filter keeps.
+
+    ``rate <= 1.0`` is a fraction: ``round(rate * n_items)`` (half rounds up), at least
+    1 when ``n_items > 0``; ``rate > 1`` is a count: ``min(int(rate), n_items)``. So 1.0
+    keeps everything, and a count of one item cannot be written (use a fraction).
+    """
+    try:
+        rate = float(rate)
+    except (TypeError, ValueError):
+        rate = math.nan
+    if not (math.isfinite(rate) and rate > 0):
+        raise ConfigError(f"{name}={rate!r} is not a positive number",
+                          fix="use a fraction in (0, 1] or a count > 1")
+    if n_items <= 0:
+        return 0
+    if rate <= 1.0:
+        return min(n_items, max(1, int(math.floor(rate * n_items + 0.5))))
+    return min(int(rate), n_items)
+
+
+@contextmanager
+def single_threaded() -> Iterator[None]:
+    """Run torch ops on one intra-op thread, then restore the previous count.
+
+    The PQ and re-rank stages work on cache-sized blocks (:data:`CACHE_CHUNK`): splitting
+    one across threads costs more in synchronisation than it saves, and on a busy machine
+    a two-thread float16 -> float32 copy of one block was measured 50x slower than on one
+    thread (8 ms vs 0.15 ms per query). The thread count is process-wide: concurrent
+    searches may briefly see it at 1, which changes speed, never results.
+    """
+    previous = torch.get_num_threads()
+    if previous == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+# ------------------------------------------------------------------ stable top-k
+
+def stable_top(scores: torch.Tensor, k: int, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """Column indices of the ``k`` best entries per row, best first.
+
+    ``scores`` (n_rows, m) float; ``positions`` (n_rows, m) int64 gallery positions of the
+    columns (None: the column index is the position). Order: score descending, then
+    position ascending. Returns (n_rows, min(k, m)) int64 indices into the columns.
+    """
+    n_rows, m = scores.shape
+    k = min(k, m)
+    if k <= 0 or n_rows == 0:
+        return torch.zeros(n_rows, max(k, 0), dtype=torch.long)
+    if positions is not None:
+        # Put the columns in position order; then "ties by column" is "ties by position".
+        perm = torch.argsort(positions, dim=1)
+        chosen = _stable_top_sorted(scores.gather(1, perm), k)
+        return perm.gather(1, chosen)
+    return _stable_top_sorted(scores, k)
+
+
+def _stable_top_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """:func:`stable_top` for columns already in position order."""
+    n_rows, m = scores.shape
+    width = k + _TOPK_SLACK
+    if width >= m or 4 * k >= m:  # a large share: one full sort beats topk + two sorts
+        return torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
+    values, cand = torch.topk(scores, width, dim=1, sorted=True)
+    # Every item scoring >= the k-th value is a candidate iff the last candidate is
+    # strictly worse; then the first k of the candidates, stably sorted, are exact.
+    complete = values[:, -1] < values[:, k - 1]
+    cand = torch.sort(cand, dim=1).values
+    order = torch.sort(scores.gather(1, cand), dim=1, descending=True, stable=True).indices
+    out = cand.gather(1, order[:, :k])
+    if not bool(complete.all()):
+        rows = torch.nonzero(~complete).squeeze(1)
+        out[rows] = torch.sort(scores[rows], dim=1, descending=True, stable=True).indices[:, :k]
+    return out
+
+
+# ------------------------------------------------------------------ Hamming filter
+
+_POPCOUNT_8 = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(axis=1).astype(np.uint8)
+"""Bits set in each byte value: the popcount for numpy < 2.0 (no ``np.bitwise_count``)."""
+
+
+def hamming_distances(query_codes: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Popcount of XOR: (n_queries, n_bytes) x (n_items, n_bytes) uint8 -> (n_queries, n_items).
+
+    The direct computation: the filter's path for large survivor shares, and the hash
+    mode of :func:`meet.retrieval.full_scores`. Returns uint8 when ``n_bits < 256``, else
+    uint16.
+    """
+    n_bytes = codes.shape[1]
+    out_dtype = np.uint8 if n_bytes * 8 < 256 else np.uint16
+    out = np.empty((query_codes.shape[0], codes.shape[0]), dtype=out_dtype)
+    popcount = getattr(np, "bitwise_count", None)  # numpy >= 2.0
+    if popcount is None:
+        popcount = _POPCOUNT_8.__getitem__
+        q_words, g_words = query_codes, codes
+    elif n_bytes % 8 == 0:
+        q_words = np.ascontiguousarray(query_codes).view(np.uint64)
+        g_words = np.ascontiguousarray(codes).view(np.uint64)
+    else:
+        q_words, g_words = query_codes, codes
+    step = max(1, WORK_BUDGET // max(1, codes.shape[0] * g_words.shape[1]))
+    for start in range(0, query_codes.shape[0], step):
+        xor = q_words[start:start + step, None, :] ^ g_words[None, :, :]
+        out[start:start + step] = popcount(xor).sum(axis=2, dtype=out_dtype)
+    return out
+
+
+def hamming_filter(query_codes: np.ndarray, codes: np.ndarray, n_keep: int,
+                   binary_index: object | None = None, method: str = "auto"
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n_keep`` nearest items by Hamming distance, ties by position.
+
+    ``query_codes`` (n_queries, n_bytes) and ``codes`` (n_items, n_bytes) packed uint8;
+    ``binary_index``: a faiss ``IndexBinaryFlat`` holding ``codes``. Returns
+    ``positions`` (n_queries, n_keep) int64 and ``distances`` (n_queries, n_keep) int32,
+    sorted by (distance, position).
+
+    Why this is exact and cheap. Both faiss exact k-NN paths scan items in position
+    order and keep the first k of the stable (distance, position) sort:
+
+    * ``counting`` (``use_heap=False``, faiss's counting sort): one bucket per distance,
+      filled in scan order; O(n) with no heap, the fastest for small and moderate k, but
+      its buckets take ``32 x (n_bits + 1) x k`` int64, so it serves k up to the memory
+      bound :data:`WORK_BUDGET`;
+    * ``heap`` (faiss's default): a max-heap that admits an item only when it is
+      *strictly* nearer than the top and orders equal distances by id (``CMax::cmp2``);
+    * ``sort``: above :data:`_SORT_MIN_SHARE` of the gallery (fractional rates) a k-heap
+      is slower than computing every distance (``np.bitwise_count``) and taking a stable
+      radix argsort, which is the definition itself.
+
+    After faiss, the k results are re-sorted by the packed key ``distance * n_items +
+    position`` (O(k log k), no gallery pass), so the order never rests on faiss's output
+    order. ``method``: ``auto``, ``counting``, ``heap`` or ``sort`` (tests force each;
+    ``tests/test_retrieval.py`` checks all three against a popcount reference with heavy
+    ties). Not thread-safe on a shared ``binary_index`` (it sets ``use_heap``).
+    """
+    n_items = codes.shape[0]
+    n_queries = query_codes.shape[0]
+    n_keep = min(n_keep, n_items)
+    if n_keep <= 0 or n_queries == 0:
+        return np.zeros((n_queries, max(n_keep, 0)), np.int64), np.zeros((n_queries, max(n_keep, 0)), np.int32)
+    if method == "auto":
+        counting_bytes = 32 * (codes.shape[1] * 8 + 1) * n_keep * 8
+        method = ("sort" if n_keep > _SORT_MIN_SHARE * n_items else
+                  "counting" if counting_bytes <= 8 * WORK_BUDGET else "heap")
+    query_codes = np.ascontiguousarray(query_codes, dtype=np.uint8)
+    if method == "sort":
+        positions = np.empty((n_queries, n_keep), np.int64)
+        distances = np.empty((n_queries, n_keep), np.int32)
+        step = max(1, WORK_BUDGET // n_items)
+        for start in range(0, n_queries, step):
+            dist = hamming_distances(query_codes[start:start + step], codes)
+            order = np.argsort(dist, axis=1, kind="stable")[:, :n_keep]
+            positions[start:start + step] = order
+            distances[start:start + step] = np.take_along_axis(dist, order, axis=1)
+        return positions, distances
+    if method not in ("counting", "heap"):
+        raise ConfigError(f"unknown Hamming method {method!r}", fix="use auto, counting, heap or sort")
+    if binary_index is None:
+        binary_index = build_binary_index(codes)
+    binary_index.use_heap = method == "heap"
+    binary_index.query_batch_size = 32  # the counting bound above assumes it
+    dist, labels = binary_index.search(query_codes, n_keep)
+    key = np.sort(dist.astype(np.int64) * n_items + labels, axis=1)
+    return key % n_items, (key // n_items).astype(np.int32)
+
+
+def build_binary_index(codes: np.ndarray) -> object:
+    """A faiss ``IndexBinaryFlat`` over packed codes (n_items, n_bytes) uint8 (a copy)."""
+    import faiss  # lazy: heavy
+
+    index = faiss.IndexBinaryFlat(codes.shape[1] * 8)
+    if codes.shape[0]:
+        index.add(np.ascontiguousarray(codes, dtype=np.uint8))
+    return index
+
+
+# ------------------------------------------------------------------ quantization filter
+
+def adc_tables(query_hash: np.ndarray | torch.Tensor, codebooks: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Lookup tables of the query hash features against one side's codebooks.
+
+    ``query_hash`` (n_queries, n_bits) float; ``codebooks`` (n_codebooks, codebook_size,
+    sub_dim) -> (n_queries, n_codebooks, codebook_size) float32: entry [q, m, c] is the
+    inner product of the query's m-th sub-vector with codeword c of codebook m.
+    """
+    # Copies (small): codebooks may be a read-only memory map.
+    books = torch.as_tensor(np.array(codebooks, dtype=np.float32))
+    hashed = torch.as_tensor(np.array(query_hash, dtype=np.float32))
+    n_codebooks, _, sub_dim = books.shape
+    sub = hashed.reshape(hashed.shape[0], n_codebooks, sub_dim)
+    return torch.einsum("qmd,mkd->qmk", sub, books)
+
+
+def adc_gather(tables: torch.Tensor, item_codes: torch.Tensor) -> torch.Tensor:
+    """ADC scores ``sum_m tables[q, m, code[q, m, r]]``: (n_queries, M, K) x (n_queries, M, R)
+    int64 -> (n_queries, R) float32. The sum runs over sub-spaces in order m = 0..M-1."""
+    scores = torch.zeros(item_codes.shape[0], item_codes.shape[2], dtype=torch.float32)
+    for m in range(tables.shape[1]):
+        scores += tables[:, m, :].gather(1, item_codes[:, m, :])
+    return scores
+
+
+def gather_codes(pq_codes: np.ndarray, positions: np.ndarray) -> torch.Tensor:
+    """PQ codes of the items at ``positions`` (n_queries, R), sub-space major:
+    (n_queries, M, R) int64. Each row is fetched as one M-byte value (one gather per item,
+    not M), then transposed so each sub-space's codes are contiguous."""
+    n_items, n_codebooks = pq_codes.shape
+    if pq_codes.dtype == np.uint8 and pq_codes.flags.c_contiguous:
+        rows = pq_codes.view(np.dtype((np.void, n_codebooks))).reshape(n_items)
+        raw = np.take(rows, positions).view(np.uint8).reshape(*positions.shape, n_codebooks)
+    else:
+        raw = np.asarray(pq_codes[positions])
+    return torch.from_numpy(raw).transpose(1, 2).contiguous().long()
+
+
+def pq_filter(tables: torch.Tensor, pq_codes: np.ndarray, positions: np.ndarray, n_keep: int
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keep the ``n_keep`` Hamming survivors with the best ADC score (ties by position).
+
+    ``tables`` (n_queries, M, K); ``pq_codes`` (n_items, M) the gallery's PQ codes, of
+    which only the survivors' rows are read; ``positions`` (n_queries, R) survivors.
+    Returns ``kept`` (n_queries, q) indices into the R survivors (= their Hamming ranks),
+    best first, ``kept_scores`` (n_queries, q) and ``scores`` (n_queries, R) float32.
+    """
+    scores = adc_gather(tables, gather_codes(pq_codes, positions))
+    kept = stable_top(scores, n_keep, torch.from_numpy(positions))
+    return kept.numpy(), scores.gather(1, kept).numpy(), scores.numpy()
+
+
+# ------------------------------------------------------------------ exhaustive scoring
+
+def stream_topk(score_block: Callable[[int, int], torch.Tensor], n_items: int, n_queries: int,
+                k: int, block: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k over a gallery scored block by block (faiss contrib's exhaustive search).
+
+    ``score_block(start, stop)`` returns (n_queries, stop - start) float32 scores of
+    gallery items ``start..stop-1``. Returns positions (n_queries, k) int64 and scores
+    (n_queries, k) float32, ordered by (score desc, position asc).
+    """
+    k = min(k, n_items)
+    block = block or max(1, WORK_BUDGET // max(1, n_queries))
+    best_pos = torch.zeros(n_queries, 0, dtype=torch.long)
+    best_val = torch.zeros(n_queries, 0, dtype=torch.float32)
+    for start in range(0, n_items, block):
+        stop = min(start + block, n_items)
+        values = score_block(start, stop)
+        top = _stable_top_sorted(values, k)
+        # Earlier blocks hold lower positions: a stable sort of [best, block] by score
+        # keeps (score desc, position asc) order.
+        cand_pos = torch.cat([best_pos, top + start], dim=1)
+        cand_val = torch.cat([best_val, values.gather(1, top)], dim=1)
+        order = torch.sort(cand_val, dim=1, descending=True, stable=True).indices[:, :k]
+        best_pos, best_val = cand_pos.gather(1, order), cand_val.gather(1, order)
+    return best_pos.numpy(), best_val.numpy()
+
+
+def dense_block_scorer(query_dense: torch.Tensor, dense: np.ndarray) -> Callable[[int, int], torch.Tensor]:
+    """Inner products of float32 queries (n_queries, d) with stored rows ``dense[start:stop]``."""
+    return lambda start, stop: query_dense @ torch.from_numpy(np.asarray(dense[start:stop], np.float32)).T
+
+
+def pq_block_scorer(tables: torch.Tensor, pq_codes: np.ndarray) -> Callable[[int, int], torch.Tensor]:
+    """ADC scores of every query against ``pq_codes[start:stop]`` (shared by all queries)."""
+    def score(start: int, stop: int) -> torch.Tensor:
+        codes = torch.from_numpy(np.asarray(pq_codes[start:stop]).astype(np.int64))  # (b, M)
+        out = torch.zeros(tables.shape[0], stop - start)
+        for m in range(tables.shape[1]):
+            out += tables[:, m, :][:, codes[:, m]]
+        return out
+    return score

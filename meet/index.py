@@ -1,0 +1,369 @@
+"""A gallery encoded once: binary codes, PQ codes, dense vectors, ids; build, add, save, load.
+
+One :class:`GalleryIndex` holds one side (images or captions) of a retrieval pair, in the
+representations the cascade reads (:mod:`meet.retrieval`):
+
+* ``codes`` (n, n_bits / 8) uint8: packed sign codes (faiss binary layout), searched
+  through a lazily built faiss ``IndexBinaryFlat`` (``binary_index``);
+* ``pq_codes`` (n, n_codebooks) uint8 and this side's ``codebooks`` (M, K, sub_dim):
+  what the quantization filter reads;
+* ``dense`` (n, dim) float16: the re-rank's vectors (half the bytes of float32; cosine
+  scores move by ~1e-3 at most);
+* ``reciprocal`` (n, k) float16 or None: each item's top-k scores (descending) against
+  the *other* side's gallery, for MEET's complementarity term.
+
+:func:`build_pair` encodes both sides with one checkpoint and computes both sides'
+reciprocal scores (:mod:`meet.reciprocal`: exact faiss k-NN by inner product on the
+stored float16 vectors, two products of the image x caption matrix: roughly 20-30 min
+for 100k images x 500k captions at dim 256 on 2 cores; ``reciprocal_k=0`` skips them).
+
+``fingerprint`` ties an index to the checkpoint that built it: loading with another
+checkpoint's fingerprint is an error, because codes of two models are not comparable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+
+from meet.errors import CheckpointError, ConfigError, DataError
+from meet.filters import build_binary_index
+from meet.index_store import read_arrays, read_header, sha256_file, write_index_folder
+from meet.reciprocal import reciprocal_scores
+
+if TYPE_CHECKING:
+    from meet.inference import Encoded, MEETModel
+
+SIDES = ("image", "text")
+PROGRESS_BAR_ITEMS = 20000
+"""Galleries with at least this many images + captions get a tqdm bar by default."""
+
+Progress = Callable[[int, int, str], None]
+
+
+class GalleryIndex:
+    """One encoded gallery; construct with :meth:`from_arrays`, :func:`build_pair` or :meth:`load`.
+
+    Attributes: ``side`` (``image``/``text``); ``ids`` (n,) str (image file name or
+    ``str(sentence id)``; row i of every array is item ``ids[i]``, and search results are
+    these row positions); ``dense`` (n, dim) float16; ``codes`` (n, n_bits / 8) uint8;
+    ``pq_codes`` (n, n_codebooks) uint8; ``codebooks`` (n_codebooks, codebook_size,
+    sub_dim) float32; ``reciprocal`` (n, k) float16 or None; ``fingerprint`` (the
+    checkpoint's, see :func:`checkpoint_fingerprint`); ``meta`` (JSON-able dict).
+    """
+
+    def __init__(self, side: str, ids: Sequence[Any], dense: np.ndarray, codes: np.ndarray,
+                 pq_codes: np.ndarray, codebooks: np.ndarray, reciprocal: np.ndarray | None = None,
+                 fingerprint: str = "", meta: dict | None = None, check_values: bool = True):
+        if side not in SIDES:
+            raise ConfigError(f"gallery side {side!r} is neither 'image' nor 'text'")
+        self.side = side
+        self.ids = [str(i) for i in ids]
+        self.dense, self.codes, self.pq_codes, self.codebooks, self.reciprocal = _checked_arrays(
+            len(self.ids), dense, codes, pq_codes, codebooks, reciprocal, check_values)
+        if check_values and len(set(self.ids)) != len(self.ids):
+            seen: set[str] = set()
+            duplicate = next(i for i in self.ids if i in seen or seen.add(i))
+            raise DataError(f"gallery ids are not unique (first repeat: {duplicate!r})",
+                            fix="give every image / caption its own id")
+        self.fingerprint = str(fingerprint)
+        self.meta = dict(meta or {})
+        self._binary_index = None
+
+    @classmethod
+    def from_arrays(cls, side: str, ids: Sequence[Any], dense: np.ndarray, codes: np.ndarray,
+                    pq_codes: np.ndarray, codebooks: np.ndarray, reciprocal: np.ndarray | None = None,
+                    fingerprint: str = "", meta: dict | None = None) -> "GalleryIndex":
+        """Wrap ready arrays (shapes/dtypes checked; ``dense``/``reciprocal`` stored as
+        float16, ``codebooks`` float32; float16 input is kept without a copy)."""
+        return cls(side, ids, dense, codes, pq_codes, codebooks, reciprocal, fingerprint, meta)
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def n_items(self) -> int:
+        return len(self.ids)
+
+    @property
+    def n_bits(self) -> int:
+        return self.codes.shape[1] * 8
+
+    @property
+    def dim(self) -> int:
+        return self.dense.shape[1]
+
+    @property
+    def reciprocal_k(self) -> int:
+        return 0 if self.reciprocal is None else self.reciprocal.shape[1]
+
+    def bytes_per_item(self) -> dict[str, int]:
+        """Bytes one item costs in each representation."""
+        return {"binary": self.codes.shape[1], "pq": self.pq_codes.shape[1] * self.pq_codes.itemsize,
+                "dense_fp16": self.dim * 2, "dense_fp32": self.dim * 4,
+                "reciprocal": self.reciprocal_k * 2}
+
+    @property
+    def binary_index(self) -> Any:
+        """faiss ``IndexBinaryFlat`` over ``codes``, built on first use (a copy of the codes)."""
+        if self._binary_index is None:
+            self._binary_index = build_binary_index(self.codes)
+        return self._binary_index
+
+    def __len__(self) -> int:
+        return self.n_items
+
+    def __repr__(self) -> str:
+        return (f"GalleryIndex(side={self.side!r}, n_items={self.n_items}, dim={self.dim}, "
+                f"n_bits={self.n_bits}, n_codebooks={self.pq_codes.shape[1]}, "
+                f"reciprocal_k={self.reciprocal_k}, fingerprint={self.fingerprint[:12]!r})")
+
+    # ------------------------------------------------------------------ growth
+    def add(self, ids: Sequence[Any], dense: np.ndarray, codes: np.ndarray, pq_codes: np.ndarray,
+            reciprocal: np.ndarray | None = None, other: "GalleryIndex | np.ndarray | None" = None) -> None:
+        """Append items (encoded with the same checkpoint).
+
+        If this index stores reciprocal scores, the new items need theirs: pass them, or
+        pass ``other`` (the other side's index, or its dense vectors) to compute them.
+        Stale by design: the reciprocal scores of items already in either index are NOT
+        recomputed, so the other side's stored rankings do not include the new items;
+        rebuild both with :func:`build_pair` for exact complementarity.
+        """
+        new = GalleryIndex(self.side, ids, dense, codes, pq_codes, self.codebooks)
+        if new.dim != self.dim or new.codes.shape[1] != self.codes.shape[1]:
+            raise DataError(f"new items have dim {new.dim} / {new.n_bits} bits, the index "
+                            f"{self.dim} / {self.n_bits}", fix="encode them with the same checkpoint")
+        clash = set(new.ids) & set(self.ids)
+        if clash:
+            raise DataError(f"{len(clash)} new ids are already in the index (e.g. {sorted(clash)[0]!r})")
+        rows = None
+        if self.reciprocal is not None:
+            rows = self._new_reciprocal(new, reciprocal, other)
+        elif reciprocal is not None:
+            raise DataError("this index stores no reciprocal scores; leave reciprocal=None")
+        self.dense = np.concatenate([self.dense, new.dense])
+        self.codes = np.concatenate([self.codes, new.codes])
+        self.pq_codes = np.concatenate([self.pq_codes, new.pq_codes.astype(self.pq_codes.dtype)])
+        if rows is not None:
+            self.reciprocal = np.concatenate([self.reciprocal, rows])
+        self.ids = self.ids + new.ids
+        if self._binary_index is not None:
+            self._binary_index.add(np.ascontiguousarray(new.codes))
+        self.meta["n_added"] = int(self.meta.get("n_added", 0)) + new.n_items
+
+    def add_encoded(self, ids: Sequence[Any], encoded: "Encoded",
+                    other: "GalleryIndex | np.ndarray | None" = None) -> None:
+        """:meth:`add` for an :class:`~meet.inference.Encoded`."""
+        self.add(ids, encoded.dense, encoded.codes, encoded.pq_codes, other=other)
+
+    def _new_reciprocal(self, new: "GalleryIndex", reciprocal: np.ndarray | None, other: Any) -> np.ndarray:
+        k = self.reciprocal_k
+        if reciprocal is not None:
+            rows = np.asarray(reciprocal)
+            if rows.shape != (new.n_items, k):
+                raise DataError(f"reciprocal for the new items has shape {rows.shape}, expected "
+                                f"{(new.n_items, k)}")
+            return rows.astype(np.float16)
+        if other is None:
+            raise DataError("this index stores reciprocal scores; the new items need theirs",
+                            fix="pass reciprocal=... or other=<the other side's index>")
+        other_dense = other.dense if isinstance(other, GalleryIndex) else np.asarray(other)
+        if other_dense.shape[0] < k or other_dense.shape[1] != self.dim:
+            raise DataError(f"the other side has shape {other_dense.shape}; need >= {k} rows of dim {self.dim}")
+        rows, _ = reciprocal_scores(new.dense, other_dense.astype(np.float16), k, 0)
+        return rows
+
+    # ------------------------------------------------------------------ files
+    def save(self, folder: str | Path) -> Path:
+        """Write the index to ``folder`` atomically (see :mod:`meet.index_store`)."""
+        arrays = {"dense": self.dense, "codes": self.codes, "pq_codes": self.pq_codes,
+                  "codebooks": self.codebooks}
+        if self.reciprocal is not None:
+            arrays["reciprocal"] = self.reciprocal
+        header = {"side": self.side, "ids": self.ids, "fingerprint": self.fingerprint,
+                  "meta": self.meta, "n_items": self.n_items}
+        try:
+            json.dumps(self.meta)
+        except TypeError as exc:
+            raise DataError(f"index meta is not JSON-serialisable ({exc})",
+                            fix="keep meta to strings, numbers, lists and dicts") from exc
+        return write_index_folder(Path(folder), arrays, header)
+
+    @classmethod
+    def load(cls, folder: str | Path, fingerprint: str | None = None, mmap: bool = True,
+             verify: bool = True) -> "GalleryIndex":
+        """Read a saved index; arrays memory-mapped when ``mmap``.
+
+        ``fingerprint``: the checkpoint the caller will encode queries with (see
+        :func:`checkpoint_fingerprint`); a different one is a :class:`CheckpointError`.
+        ``verify``: check every file's sha256 (reads each byte once; sizes, shapes and
+        dtypes are always checked).
+        """
+        folder = Path(folder)
+        header = read_header(folder)
+        if fingerprint is not None and fingerprint != header.get("fingerprint", ""):
+            raise CheckpointError(
+                f"index {folder} was built with another checkpoint; rebuild it "
+                f"(index fingerprint {header.get('fingerprint', '')[:12]!r}, "
+                f"checkpoint {fingerprint[:12]!r})",
+                fix="rebuild the index with meet.index.build_pair using this checkpoint")
+        arrays = read_arrays(folder, header, mmap=mmap, verify=verify)
+        missing = {"dense", "codes", "pq_codes", "codebooks"} - set(arrays)
+        if missing:
+            raise DataError(f"index {folder} lacks arrays {sorted(missing)}", fix="rebuild the index")
+        return cls(header.get("side", ""), header.get("ids", []), arrays["dense"], arrays["codes"],
+                   arrays["pq_codes"], arrays["codebooks"], arrays.get("reciprocal"),
+                   header.get("fingerprint", ""), header.get("meta", {}), check_values=False)
+
+
+def _checked_arrays(n: int, dense: Any, codes: Any, pq_codes: Any, codebooks: Any,
+                    reciprocal: Any, check_values: bool) -> tuple:
+    """Validate shapes and dtypes against ``n`` ids; return storage-typed arrays."""
+    # asanyarray keeps np.memmap arrays memory-mapped.
+    dense, codes, pq_codes = np.asanyarray(dense), np.asanyarray(codes), np.asanyarray(pq_codes)
+    codebooks = np.asanyarray(codebooks)
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise DataError(f"gallery index: {message}", fix="check the arrays passed to the index")
+
+    need(dense.ndim == 2 and dense.shape[0] == n, f"dense must be (n_items={n}, dim), got {dense.shape}")
+    need(np.issubdtype(dense.dtype, np.floating), f"dense must be float16/float32, got {dense.dtype}")
+    need(codes.ndim == 2 and codes.shape[0] == n and codes.shape[1] > 0,
+         f"codes must be (n_items={n}, n_bits/8), got {codes.shape}")
+    need(codes.dtype == np.uint8, f"codes must be packed uint8, got {codes.dtype}")
+    need(codebooks.ndim == 3, f"codebooks must be (n_codebooks, codebook_size, sub_dim), got {codebooks.shape}")
+    n_codebooks, codebook_size, sub_dim = codebooks.shape
+    need(n_codebooks * sub_dim == codes.shape[1] * 8,
+         f"codebooks cover {n_codebooks} x {sub_dim} dims but codes have {codes.shape[1] * 8} bits")
+    need(pq_codes.ndim == 2 and pq_codes.shape == (n, n_codebooks),
+         f"pq_codes must be (n_items={n}, n_codebooks={n_codebooks}), got {pq_codes.shape}")
+    need(np.issubdtype(pq_codes.dtype, np.integer), f"pq_codes must be integers, got {pq_codes.dtype}")
+    if check_values and n:
+        need(int(pq_codes.min()) >= 0 and int(pq_codes.max()) < codebook_size,
+             f"pq_codes must lie in 0..{codebook_size - 1}")
+    if codebook_size <= 256 and pq_codes.dtype != np.uint8:
+        pq_codes = pq_codes.astype(np.uint8)
+    if reciprocal is not None:
+        reciprocal = np.asanyarray(reciprocal)
+        need(reciprocal.ndim == 2 and reciprocal.shape[0] == n,
+             f"reciprocal must be (n_items={n}, k), got {reciprocal.shape}")
+        need(np.issubdtype(reciprocal.dtype, np.floating), f"reciprocal must be float, got {reciprocal.dtype}")
+        if reciprocal.dtype != np.float16:
+            reciprocal = reciprocal.astype(np.float16)
+        if check_values and reciprocal.shape[1] > 1:
+            need(bool(np.all(reciprocal[:, :-1] >= reciprocal[:, 1:])),
+                 "reciprocal rows must be sorted in descending order")
+    if dense.dtype != np.float16:
+        dense = dense.astype(np.float16)
+    if codebooks.dtype != np.float32:
+        codebooks = codebooks.astype(np.float32)
+    return dense, codes, pq_codes, codebooks, reciprocal
+
+
+# ------------------------------------------------------------------ building
+
+def checkpoint_fingerprint(folder: str | Path) -> str:
+    """sha256 identity of a checkpoint's weights and codebooks (a run folder resolves to
+    its best checkpoint). Two checkpoints share it only if both files are identical."""
+    from meet.checkpoint import resolve_checkpoint
+
+    folder = resolve_checkpoint(folder)
+    digest = hashlib.sha256()
+    for name in ("model.safetensors", "codebooks.safetensors"):
+        path = folder / name
+        if not path.is_file():
+            raise CheckpointError(f"missing {path}", fix="the checkpoint folder is incomplete")
+        digest.update(f"{name}:{sha256_file(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def model_fingerprint(model: "MEETModel") -> str:
+    """:func:`checkpoint_fingerprint` of a loaded model's folder ("" for an in-memory model)."""
+    return checkpoint_fingerprint(model.folder) if model.folder is not None else ""
+
+
+def build_pair(model: "MEETModel", images: Any, image_ids: Sequence[Any] | None = None,
+               captions: Sequence[str] | None = None, caption_ids: Sequence[Any] | None = None,
+               reciprocal_k: int | None = None, progress: Progress | None = None,
+               batch_size: int = 256) -> tuple[GalleryIndex, GalleryIndex]:
+    """Encode images and captions once and index both: ``(image_index, text_index)``.
+
+    ``images``: PIL images / paths (or feature arrays for precomp models), or an
+    :class:`~meet.data.dataset.ImageTextDataset` (then ``image_ids``, ``captions`` and
+    ``caption_ids`` default to the data set's file names, captions and ``str(sentid)``).
+    ``reciprocal_k`` (default ``cfg.cascade.reciprocal_k``; 0 = none): how many top scores
+    each item keeps against the other side. ``progress(done, total, message)``; when None
+    and the pair has >= :data:`PROGRESS_BAR_ITEMS` items, a tqdm bar is shown.
+    """
+    from meet.data.dataset import ImageTextDataset
+
+    dataset = images if isinstance(images, ImageTextDataset) else None
+    if dataset is not None:
+        image_ids = list(dataset.image_ids) if image_ids is None else image_ids
+        captions = dataset.captions if captions is None else captions
+        caption_ids = [str(c) for c in dataset.caption_ids] if caption_ids is None else caption_ids
+    if image_ids is None or captions is None or caption_ids is None:
+        raise DataError("build_pair needs image_ids, captions and caption_ids (or a data set)")
+    n_images, n_captions = (dataset.n_images if dataset is not None else len(images)), len(captions)
+    if len(image_ids) != n_images or len(caption_ids) != n_captions:
+        raise DataError(f"{n_images} images with {len(image_ids)} ids, {n_captions} captions with "
+                        f"{len(caption_ids)} ids", fix="pass one id per item")
+    for pq in (model.model.image_pq, model.model.text_pq):
+        if not pq.is_fitted:
+            raise CheckpointError("the checkpoint's product quantizers are not fitted",
+                                  fix="use a trained checkpoint (training fits them each epoch)")
+    report, close = _reporter(progress, n_images + n_captions)
+    try:
+        if dataset is not None:
+            batches = (dataset.images(range(s, min(s + batch_size, n_images)))
+                       for s in range(0, n_images, batch_size))
+            enc_images = model.encode_image_batches(batches, n_images, batch_size,
+                                                    progress=lambda d, t: report(d, t, "encoding images"))
+        else:
+            enc_images = model.encode_images(images, batch_size=batch_size,
+                                             progress=lambda d, t: report(d, t, "encoding images"))
+        enc_texts = model.encode_texts(list(captions), batch_size=batch_size * 4,
+                                       progress=lambda d, t: report(d, t, "encoding captions"))
+        k = model.cfg.cascade.reciprocal_k if reciprocal_k is None else int(reciprocal_k)
+        image_rec = text_rec = None
+        if k > 0 and n_images and n_captions:
+            image_rec, text_rec = reciprocal_scores(
+                enc_images.dense.astype(np.float16), enc_texts.dense.astype(np.float16), k, k,
+                progress=lambda d, t: report(d, t, "reciprocal top-k scores"))
+    finally:
+        close()
+    fingerprint = model_fingerprint(model)
+    meta = {"checkpoint": str(model.folder) if model.folder else "", "preset": model.cfg.preset,
+            "n_images": n_images, "n_captions": n_captions, "reciprocal_k": k,
+            "dataset": f"{dataset.name}/{dataset.split}" if dataset is not None else ""}
+    image_index = GalleryIndex.from_arrays(
+        "image", image_ids, enc_images.dense, enc_images.codes, enc_images.pq_codes,
+        model.model.image_pq.codebooks.detach().cpu().numpy(), image_rec, fingerprint, meta)
+    text_index = GalleryIndex.from_arrays(
+        "text", caption_ids, enc_texts.dense, enc_texts.codes, enc_texts.pq_codes,
+        model.model.text_pq.codebooks.detach().cpu().numpy(), text_rec, fingerprint, meta)
+    return image_index, text_index
+
+
+def _reporter(progress: Progress | None, total_items: int) -> tuple[Progress, Callable[[], None]]:
+    """The caller's callback, or a tqdm bar for large galleries, or nothing."""
+    if progress is not None:
+        return progress, lambda: None
+    if total_items < PROGRESS_BAR_ITEMS:
+        return (lambda done, total, message: None), lambda: None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=1, leave=False)
+    state = {"message": None}
+
+    def report(done: int, total: int, message: str) -> None:
+        if message != state["message"]:
+            state["message"] = message
+            bar.reset(total=total)
+            bar.set_description(message)
+        bar.n = done
+        bar.refresh()
+    return report, bar.close

@@ -1,0 +1,140 @@
+"""On-disk layout of a gallery index: ``.npy`` arrays + ``index.json`` with a manifest.
+
+::
+
+    FOLDER/index.json        format, side, ids, fingerprint, meta, and per array:
+                             file, shape, dtype, bytes, sha256
+    FOLDER/dense.npy         (n, dim) float16
+    FOLDER/codes.npy         (n, n_bits / 8) uint8
+    FOLDER/pq_codes.npy      (n, n_codebooks) uint8
+    FOLDER/codebooks.npy     (n_codebooks, codebook_size, sub_dim) float32
+    FOLDER/reciprocal.npy    (n, k) float16, only when present
+
+Arrays are written with ``np.save(allow_pickle=False)`` and read back with
+``allow_pickle=False`` (memory-mapped on request). The folder is written under a
+temporary name and renamed into place, so a crash leaves either the old index or the new
+one, never a mix. Loading checks each file's size and (by default) its sha256, naming the
+file that does not match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from meet.errors import DataError
+
+FORMAT = "meet-gallery-index-1"
+HEADER = "index.json"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, streamed in ``chunk``-byte reads."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_index_folder(folder: Path, arrays: dict[str, np.ndarray], header: dict[str, Any]) -> Path:
+    """Write ``arrays`` (name -> array) and ``header`` to ``folder`` atomically."""
+    folder = Path(folder)
+    if folder.exists() and not (folder / HEADER).is_file() and any(folder.iterdir()):
+        raise DataError(f"refusing to overwrite {folder}: it exists and is not a gallery index",
+                        fix="save the index to a new or empty folder")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = folder.with_name(f".tmp-{folder.name}-{tag}")
+    tmp.mkdir()
+    try:
+        manifest = {}
+        for name, array in arrays.items():
+            path = tmp / f"{name}.npy"
+            with open(path, "wb") as f:
+                np.save(f, np.asarray(array), allow_pickle=False)
+                f.flush()
+                os.fsync(f.fileno())
+            manifest[name] = {"file": path.name, "shape": list(array.shape), "dtype": str(array.dtype),
+                              "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+        document = dict(header, format=FORMAT, arrays=manifest)
+        with open(tmp / HEADER, "w") as f:
+            json.dump(document, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        _swap_into_place(tmp, folder, tag)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def _swap_into_place(tmp: Path, folder: Path, tag: str) -> None:
+    """Rename ``tmp`` to ``folder``; an existing ``folder`` is moved aside first and
+    restored if the rename fails."""
+    old = None
+    if folder.exists():
+        old = folder.with_name(f".old-{folder.name}-{tag}")
+        os.rename(folder, old)
+    try:
+        os.rename(tmp, folder)
+    except BaseException:
+        if old is not None:
+            os.rename(old, folder)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_header(folder: Path) -> dict[str, Any]:
+    """``index.json`` of an index folder, checked for the format tag."""
+    path = Path(folder) / HEADER
+    if not path.is_file():
+        raise DataError(f"{path} not found: {folder} is not a saved gallery index",
+                        fix="build one with meet.index.build_pair(...) and save(folder)")
+    try:
+        header = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path} is not valid JSON ({exc})", fix="rebuild the index") from exc
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise DataError(f"{path} is not a {FORMAT} header (format={header.get('format')!r})"
+                        if isinstance(header, dict) else f"{path} is not a JSON object",
+                        fix="rebuild the index with this version of meet")
+    return header
+
+
+def read_arrays(folder: Path, header: dict[str, Any], mmap: bool = True,
+                verify: bool = True) -> dict[str, np.ndarray]:
+    """Load every array the manifest lists; a missing, truncated or changed file is a
+    :class:`DataError` naming it. ``verify`` also compares sha256 checksums (reads every
+    byte once); sizes, shapes and dtypes are always checked."""
+    folder = Path(folder)
+    arrays = {}
+    for name, entry in header.get("arrays", {}).items():
+        path = folder / entry["file"]
+        if not path.is_file():
+            raise DataError(f"index file {path} is missing", fix="the index folder is incomplete; rebuild it")
+        size = path.stat().st_size
+        if size != entry["bytes"]:
+            raise DataError(f"index file {path} has {size} bytes, the manifest says {entry['bytes']} "
+                            "(truncated or changed)", fix="rebuild the index")
+        if verify and sha256_file(path) != entry["sha256"]:
+            raise DataError(f"index file {path} does not match its checksum (changed or corrupted)",
+                            fix="rebuild the index")
+        try:
+            array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise DataError(f"index file {path} is not a readable .npy array ({exc})",
+                            fix="rebuild the index") from exc
+        if list(array.shape) != entry["shape"] or str(array.dtype) != entry["dtype"]:
+            raise DataError(f"index file {path} holds {array.dtype}{list(array.shape)}, the manifest "
+                            f"says {entry['dtype']}{entry['shape']}", fix="rebuild the index")
+        arrays[name] = array
+    return arrays

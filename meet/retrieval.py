@@ -1,0 +1,335 @@
+"""MEET's Stage II: batched search through Hamming filter -> quantization filter -> re-rank.
+
+For each query (all steps batched over a block of queries; nothing loops over the
+gallery in Python):
+
+1. **Hamming filter**: keep the ``R`` items nearest in Hamming distance between packed
+   sign codes (faiss ``IndexBinaryFlat``), ``R`` from ``hamming_rate_{direction}``.
+2. **Quantization filter**: score the R survivors by ADC, ``sum_m T[m, b_jm]`` with the
+   lookup table ``T[m, c] = <h_m, C_m[c]>`` of the query's float hash feature ``h``
+   against the *gallery side's* codebooks (t2i: image codebooks, i2t: text codebooks),
+   reading only the survivors' PQ codes; keep the top ``q`` (``pq_rate_{direction}``,
+   a fraction of R or a count).
+3. **Re-rank** the q candidates with the dense cosine; ``meet`` mode adds consistency and
+   complementarity (formulas in :mod:`meet.reweighting`; constants from
+   :class:`~meet.config.CascadeConfig`).
+
+A rate ``<= 1.0`` is a fraction, ``> 1`` a count (:func:`meet.filters.survivor_count`).
+Every stage ranks equal scores by gallery position (lower first), so results are
+deterministic and equal to a plain stable sort (``tests/test_retrieval.py``).
+
+Modes: ``dense`` (exact inner product over the whole gallery), ``hash`` (Hamming only;
+score ``n_bits - 2 * distance``), ``pq`` (ADC over the whole gallery), ``cascade``
+(1 -> 2 -> dense), ``meet`` (1 -> 2 -> reweighted).
+
+Cost per query with count rates (R, q): one pass over the packed codes (the same scan as
+Hamming-only search), R x n_codebooks table reads, and q dense rows gathered; so the
+work beyond the Hamming scan does not grow with the gallery. Fractional rates gather a
+share of the whole gallery and are slow at scale (the paper's setting, kept for fidelity).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator, NamedTuple
+
+import numpy as np
+import torch
+
+from meet.config import CascadeConfig
+from meet.errors import ConfigError, DataError
+from meet.filters import (CACHE_CHUNK, WORK_BUDGET, adc_tables, dense_block_scorer, hamming_distances,
+                          hamming_filter, pq_block_scorer, pq_filter, single_threaded,
+                          stream_topk, survivor_count)
+from meet.index import GalleryIndex
+from meet.reweighting import rerank
+from meet.traces import QueryTrace, StageTrace
+
+MODES = ("dense", "hash", "pq", "cascade", "meet")
+DIRECTIONS = {"t2i": "image", "i2t": "text"}
+"""Direction -> the gallery side it searches."""
+
+
+@dataclass
+class SearchResult:
+    """Top-k results of a batch of queries."""
+
+    ids: np.ndarray
+    """int64 (n_queries, k) gallery positions best first; -1 pads when fewer survive."""
+    scores: np.ndarray
+    """float32 (n_queries, k) final scores; -inf on padding."""
+    stage_counts: dict[str, int]
+    """Items per query: ``gallery``, ``after_hamming``, ``after_pq``, ``reranked`` (how
+    many dense scores were computed)."""
+    traces: list[QueryTrace] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds spent per stage over the whole call (``hamming``, ``pq``, ``rerank``,
+    ``exhaustive``)."""
+
+
+class StageMasks(NamedTuple):
+    """Which gallery items each filter kept, bool (n_queries, n_gallery)."""
+
+    after_hamming: np.ndarray
+    after_pq: np.ndarray
+
+
+@dataclass
+class _Queries:
+    dense: np.ndarray
+    hash: np.ndarray
+    codes: np.ndarray
+
+    def rows(self, start: int, stop: int) -> "_Queries":
+        return _Queries(self.dense[start:stop], self.hash[start:stop], self.codes[start:stop])
+
+
+@dataclass
+class _Filtered:
+    """One query block after both filters."""
+
+    start: int
+    hamming_pos: np.ndarray      # (nb, R)
+    hamming_dist: np.ndarray     # (nb, R)
+    kept: np.ndarray             # (nb, q) indices into the R survivors
+    kept_scores: np.ndarray      # (nb, q)
+    candidates: np.ndarray       # (nb, q) gallery positions
+
+
+def rates(cfg: CascadeConfig, direction: str) -> tuple[float, float, int]:
+    """(hamming_rate, pq_rate, top_z) of one direction."""
+    _check_direction(direction)
+    return (getattr(cfg, f"hamming_rate_{direction}"), getattr(cfg, f"pq_rate_{direction}"),
+            int(getattr(cfg, f"top_z_{direction}")))
+
+
+def stage_sizes(cfg: CascadeConfig, direction: str, n_items: int) -> tuple[int, int, int]:
+    """(R, q, z) for a gallery of ``n_items``."""
+    hamming_rate, pq_rate, top_z = rates(cfg, direction)
+    n_hamming = survivor_count(hamming_rate, n_items, f"hamming_rate_{direction}")
+    n_pq = survivor_count(pq_rate, n_hamming, f"pq_rate_{direction}")
+    if top_z < 0:
+        raise ConfigError(f"top_z_{direction}={top_z} is negative", fix="use 0 or more")
+    if not cfg.consistency_temperature > 0:
+        raise ConfigError(f"consistency_temperature={cfg.consistency_temperature} must be positive")
+    return n_hamming, n_pq, min(top_z, n_pq)
+
+
+def search(queries: Any, gallery: GalleryIndex, cfg: CascadeConfig, direction: str, k: int = 10,
+           mode: str = "meet", trace: bool = False, batch_size: int = 256) -> SearchResult:
+    """Top-k gallery positions per query (see the module docstring for the stages).
+
+    ``queries``: an :class:`~meet.inference.Encoded` (or anything with ``dense``
+    (nq, dim), ``hash`` (nq, n_bits), ``codes`` (nq, n_bits / 8)) of the other modality;
+    ``direction``: ``t2i`` (caption queries, image gallery) or ``i2t``; ``trace``: attach a
+    :class:`~meet.traces.QueryTrace` per query (stores every survivor: small galleries);
+    ``batch_size``: queries per Hamming pass (faiss shares each scan of the codes among
+    them); the PQ and re-rank stages then work in cache-sized blocks on one torch thread
+    (:func:`meet.filters.single_threaded`). Per-stage seconds land in ``timings``.
+    """
+    q = _prepare(queries, gallery, direction, mode, k, batch_size)
+    n_items, n_queries = gallery.n_items, q.dense.shape[0]
+    ids = np.full((n_queries, k), -1, np.int64)
+    scores = np.full((n_queries, k), -np.inf, np.float32)
+    traces: list[QueryTrace] | None = [] if trace else None
+    timings = {"hamming": 0.0, "pq": 0.0, "rerank": 0.0, "exhaustive": 0.0}
+    if mode in ("dense", "hash", "pq"):
+        counts = {"gallery": n_items, "after_hamming": n_items, "after_pq": n_items,
+                  "reranked": n_items if mode == "dense" else 0}
+        for start in range(0, n_queries, batch_size):
+            t0 = time.perf_counter()
+            pos, val = _exhaustive(q.rows(start, start + batch_size), gallery, mode, k)
+            timings["exhaustive"] += time.perf_counter() - t0
+            ids[start:start + pos.shape[0], :pos.shape[1]] = pos
+            scores[start:start + pos.shape[0], :pos.shape[1]] = val
+            if traces is not None:
+                traces.extend(_exhaustive_trace(start + b, direction, mode, n_items, pos[b], val[b])
+                              for b in range(pos.shape[0]))
+        return SearchResult(ids, scores, counts, traces, timings)
+    n_hamming, n_pq, top_z = stage_sizes(cfg, direction, n_items)
+    counts = {"gallery": n_items, "after_hamming": n_hamming, "after_pq": n_pq, "reranked": n_pq}
+    for block in _filter_blocks(q, gallery, cfg, direction, batch_size, timings):
+        t0 = time.perf_counter()
+        stop = block.start + block.candidates.shape[0]
+        with single_threaded():
+            rr = rerank(torch.from_numpy(q.dense[block.start:stop]), gallery.dense, gallery.reciprocal,
+                        block.candidates, cfg, top_z, mode, want_consistency=trace)
+        best = rr.order[:, :k]
+        ids[block.start:stop, :best.shape[1]] = np.take_along_axis(block.candidates, best, axis=1)
+        scores[block.start:stop, :best.shape[1]] = np.take_along_axis(rr.final, best, axis=1)
+        timings["rerank"] += time.perf_counter() - t0
+        if traces is not None:
+            traces.extend(_cascade_trace(block, rr, b, direction, mode, gallery, top_z, cfg.fusion)
+                          for b in range(block.candidates.shape[0]))
+    return SearchResult(ids, scores, counts, traces, timings)
+
+
+def full_scores(queries: Any, gallery: GalleryIndex, cfg: CascadeConfig, direction: str,
+                mode: str = "meet", batch_size: int = 256) -> np.ndarray:
+    """Every query's score for every gallery item, float32 (n_queries, n_gallery).
+
+    For evaluation at test-split scale (R@K, mAP code that ranks a full matrix). Exhaustive
+    modes: the mode's score everywhere. ``cascade``/``meet``: the final score of each
+    re-ranked candidate and ``-inf`` for items a filter removed, so sorting a row
+    reproduces :func:`search`'s order (up to the order among removed items).
+    """
+    q = _prepare(queries, gallery, direction, mode, 1, batch_size)
+    n_items, n_queries = gallery.n_items, q.dense.shape[0]
+    out = np.full((n_queries, n_items), -np.inf, np.float32)
+    for start in range(0, n_queries, batch_size):
+        block = q.rows(start, start + batch_size)
+        stop = start + block.dense.shape[0]
+        if mode == "dense":
+            out[start:stop] = dense_block_scorer(torch.from_numpy(block.dense), gallery.dense)(0, n_items)
+        elif mode == "hash":
+            dist = hamming_distances(block.codes, gallery.codes).astype(np.float32)
+            out[start:stop] = gallery.n_bits - 2.0 * dist
+        elif mode == "pq":
+            tables = adc_tables(block.hash, gallery.codebooks)
+            out[start:stop] = pq_block_scorer(tables, gallery.pq_codes)(0, n_items).numpy()
+        else:
+            result = search(block, gallery, cfg, direction, k=max(n_items, 1), mode=mode,
+                            batch_size=batch_size)
+            rows, cols = np.nonzero(result.ids >= 0)
+            out[start + rows, result.ids[rows, cols]] = result.scores[rows, cols]
+    return out
+
+
+def stage_survivors(queries: Any, gallery: GalleryIndex, cfg: CascadeConfig, direction: str,
+                    batch_size: int = 256) -> StageMasks:
+    """Boolean masks (n_queries, n_gallery) of the items kept after the Hamming filter and
+    after the quantization filter, e.g. to count the truly relevant items each one drops."""
+    q = _prepare(queries, gallery, direction, "cascade", 1, batch_size)
+    n_queries = q.dense.shape[0]
+    after_hamming = np.zeros((n_queries, gallery.n_items), bool)
+    after_pq = np.zeros((n_queries, gallery.n_items), bool)
+    for block in _filter_blocks(q, gallery, cfg, direction, batch_size, {"hamming": 0.0, "pq": 0.0}):
+        rows = np.arange(block.start, block.start + block.candidates.shape[0])[:, None]
+        after_hamming[rows, block.hamming_pos] = True
+        after_pq[rows, block.candidates] = True
+    return StageMasks(after_hamming, after_pq)
+
+
+# ------------------------------------------------------------------ internals
+
+def _filter_blocks(q: _Queries, gallery: GalleryIndex, cfg: CascadeConfig, direction: str,
+                   batch_size: int, timings: dict[str, float]) -> Iterator[_Filtered]:
+    """Both filters, block by block: the Hamming filter over up to ``batch_size`` queries
+    at once (faiss shares each pass over the codes between them), the quantization
+    filter over sub-blocks whose gathered codes fit :data:`CACHE_CHUNK`."""
+    n_hamming, n_pq, _ = stage_sizes(cfg, direction, gallery.n_items)
+    n_codebooks = gallery.pq_codes.shape[1]
+    step = max(1, min(batch_size, WORK_BUDGET // max(1, n_hamming)))
+    sub_step = max(1, CACHE_CHUNK // max(1, n_hamming * n_codebooks))
+    for start in range(0, q.dense.shape[0], step):
+        block = q.rows(start, start + step)
+        t0 = time.perf_counter()
+        positions, distances = hamming_filter(block.codes, gallery.codes, n_hamming, gallery.binary_index)
+        timings["hamming"] += time.perf_counter() - t0
+        for sub in range(0, positions.shape[0], sub_step):
+            t1 = time.perf_counter()
+            pos, dist = positions[sub:sub + sub_step], distances[sub:sub + sub_step]
+            with single_threaded():
+                tables = adc_tables(block.hash[sub:sub + sub_step], gallery.codebooks)
+                kept, kept_scores, _ = pq_filter(tables, gallery.pq_codes, pos, n_pq)
+            timings["pq"] += time.perf_counter() - t1
+            yield _Filtered(start + sub, pos, dist, kept, kept_scores, np.take_along_axis(pos, kept, axis=1))
+
+
+def _exhaustive(q: _Queries, gallery: GalleryIndex, mode: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+    n_items, n_queries = gallery.n_items, q.dense.shape[0]
+    if mode == "hash":
+        pos, dist = hamming_filter(q.codes, gallery.codes, min(k, n_items), gallery.binary_index)
+        return pos, (gallery.n_bits - 2.0 * dist).astype(np.float32)
+    if mode == "dense":
+        block = max(1, WORK_BUDGET // max(n_queries, gallery.dense.shape[1]))
+        scorer = dense_block_scorer(torch.from_numpy(q.dense), gallery.dense)
+    else:
+        block = max(1, WORK_BUDGET // max(n_queries, gallery.pq_codes.shape[1]))
+        scorer = pq_block_scorer(adc_tables(q.hash, gallery.codebooks), gallery.pq_codes)
+    return stream_topk(scorer, n_items, n_queries, k, block=block)
+
+
+def _exhaustive_trace(row: int, direction: str, mode: str, n_items: int, pos: np.ndarray,
+                      val: np.ndarray) -> QueryTrace:
+    stage = StageTrace(mode, pos.copy(), val.copy(), np.arange(len(pos)))
+    return QueryTrace(row, direction, mode, n_items, [stage], final_order=pos.copy(),
+                      notes=[f"{mode} mode ranks the whole gallery; the trace keeps the top {len(pos)}"])
+
+
+def _cascade_trace(block: _Filtered, rr: Any, b: int, direction: str, mode: str,
+                   gallery: GalleryIndex, top_z: int, fusion: bool) -> QueryTrace:
+    n_hamming = block.hamming_pos.shape[1]
+    hamming = StageTrace("hamming", block.hamming_pos[b].copy(),
+                         (gallery.n_bits - 2.0 * block.hamming_dist[b]).astype(np.float32),
+                         np.arange(n_hamming))
+    pq = StageTrace("pq", block.candidates[b].copy(), block.kept_scores[b].copy(),
+                    np.arange(block.kept.shape[1]), previous_ranks=block.kept[b].copy())
+    order = rr.order[b]
+    final_ids = block.candidates[b][order]
+    final = StageTrace("rerank", final_ids, rr.final[b][order].copy(), np.arange(len(order)),
+                       previous_ranks=order.copy())
+    notes = []
+    if mode == "meet" and gallery.reciprocal is None:
+        notes.append("complementarity off: the gallery index stores no reciprocal scores "
+                     "(build it with reciprocal_k > 0)")
+    elif mode == "meet":
+        notes.append(f"complementarity consulted for the top {top_z} candidates by dense score")
+    if mode == "meet":
+        notes.append("fusion: final = dense + alpha * consistency + beta * complementarity" if fusion else
+                     "no fusion (official release): the top z are re-sorted by reciprocal rank; "
+                     "their final scores are ordinals 2 + (z - place) / z")
+    pick = lambda arr: None if arr is None else arr[b].copy()
+    return QueryTrace(block.start + b, direction, mode, gallery.n_items, [hamming, pq, final],
+                      candidates=block.candidates[b].copy(), dense_scores=pick(rr.dense),
+                      attention=pick(rr.attention), consistency=pick(rr.consistency),
+                      complementarity_ranks=pick(rr.comp_ranks), complementarity=pick(rr.complementarity),
+                      final_scores=pick(rr.final), final_order=final_ids.copy(), notes=notes)
+
+
+def _check_direction(direction: str) -> None:
+    if direction not in DIRECTIONS:
+        raise ConfigError(f"unknown direction {direction!r}", fix="use t2i (text queries over images) "
+                          "or i2t (image queries over captions)")
+
+
+def _prepare(queries: Any, gallery: GalleryIndex, direction: str, mode: str, k: int,
+             batch_size: int) -> _Queries:
+    """Validate the call and return the queries as contiguous numpy arrays."""
+    _check_direction(direction)
+    if mode not in MODES:
+        raise ConfigError(f"unknown search mode {mode!r}", fix=f"choose one of {', '.join(MODES)}")
+    if not isinstance(k, (int, np.integer)) or k < 1:
+        raise ConfigError(f"k={k!r} must be a positive integer")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size} must be at least 1")
+    if gallery.side != DIRECTIONS[direction]:
+        raise DataError(f"direction {direction} searches a {DIRECTIONS[direction]} gallery, "
+                        f"but this index holds {gallery.side} items",
+                        fix="pass the other index of the pair, or the other direction")
+    try:
+        dense, hashed, codes = queries.dense, queries.hash, queries.codes
+    except AttributeError as exc:
+        raise DataError("queries must have dense, hash and codes arrays (an Encoded)",
+                        fix="encode them with model.encode_texts / encode_images") from exc
+    q = _Queries(np.ascontiguousarray(dense, np.float32), np.ascontiguousarray(hashed, np.float32),
+                 np.ascontiguousarray(codes, np.uint8))
+    if q.dense.ndim != 2 or q.hash.ndim != 2 or q.codes.ndim != 2:
+        raise DataError(f"queries must be 2-D arrays (n_queries, ...), got dense {q.dense.shape}, "
+                        f"hash {q.hash.shape}, codes {q.codes.shape}", fix="for one query use shape (1, dim)")
+    n_queries = q.dense.shape[0]
+    checks = [
+        (q.hash.shape[0] == n_queries and q.codes.shape[0] == n_queries,
+         f"queries have {n_queries} dense rows but {q.hash.shape[0]} hash and {q.codes.shape[0]} code rows"),
+        (mode not in ("dense", "cascade", "meet") or q.dense.shape[1:] == gallery.dense.shape[1:],
+         f"query dense dim {q.dense.shape[1:]} != gallery dense dim {gallery.dense.shape[1:]}"),
+        (mode not in ("hash", "cascade", "meet") or q.codes.shape[1:] == gallery.codes.shape[1:],
+         f"query codes have {q.codes.shape[1:]} bytes, the gallery {gallery.codes.shape[1:]}"),
+        (mode not in ("pq", "cascade", "meet") or q.hash.shape[1:] == (gallery.n_bits,),
+         f"query hash features have shape {q.hash.shape[1:]}, the gallery has {gallery.n_bits} bits"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise DataError(message, fix="encode queries and gallery with the same checkpoint")
+    return q

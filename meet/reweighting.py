@@ -1,0 +1,215 @@
+"""Stage II, step 3: the dense re-rank of the filtered candidates, and MEET's reweighting.
+
+For one query with dense embedding ``u`` (L2-normalised, float32) and its candidate set
+``C`` (the quantization filter's survivors, stored rows ``x_j`` in float16):
+
+* dense score ``s_j = u . x_j`` (float32 arithmetic on the float16 rows);
+* consistency (external attention of the query over its candidate set)::
+
+      a_j = softmax_j(s_j / consistency_temperature)         over all j in C
+      m   = normalise(sum_j a_j x_j)                          the set's shared semantics
+      c_j = cos(x_j, m)
+
+  A candidate that agrees with what the query's candidate set has in common gets
+  ``c_j`` near 1; an outlier that only happens to score high gets less.
+* complementarity, for the ``z`` best candidates by ``s_j`` (``top_z_i2t``/``top_z_t2i``)::
+
+      rank_j = #{ e in reciprocal_j : e > s16_j }   (0 = the query would be j's 1st)
+      comp_j = 1 / (1 + rank_j),   comp_j = 0 outside the top z
+
+  ``reciprocal_j`` are candidate j's own top-k scores against the other modality's
+  gallery (``reciprocal_k``, stored float16 at build time from the float16 rows of both
+  galleries), so ``rank_j`` is where the query falls in j's ranking, exact up to k and
+  capped at k. ``s16_j`` is the query's score computed the same way (float16-rounded
+  query against the float16 row, rounded to float16), so a query that is itself in the
+  other gallery meets its own stored entry as an equal, not a greater, score.
+* fusion (``fusion=True``, the paper)::
+
+      final_j = s_j + alpha * c_j + beta * comp_j
+
+  ranked by ``final_j`` descending, equal scores by gallery position.
+* official release (``fusion=False``): candidates in dense order (ties by position); the
+  first z are re-sorted by ``rank_j`` ascending (ties keep dense order); the rest keep
+  dense order. So that every score-based metric reproduces this order, the re-sorted
+  item at place ``p`` (0-based) gets ``final = 2 + (z - p) / z`` (above any cosine); the
+  others keep ``final = s_j``. The trace keeps the dense scores.
+
+``cascade`` mode uses ``final_j = s_j``. Without reciprocal scores in the gallery the
+complementarity term is off (``rank_j = -1``, ``comp_j = 0``; no re-sort).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from meet.config import CascadeConfig
+from meet.filters import CACHE_CHUNK, stable_top
+
+NOT_CONSULTED = -1
+"""``rank_j`` of a candidate whose reciprocal ranking was not consulted."""
+
+
+@dataclass
+class Rerank:
+    """Re-rank of a batch of queries, every array (n_queries, n_candidates) in the
+    candidates' input order except ``order``."""
+
+    order: np.ndarray
+    """int64 indices into the candidates, best first."""
+    final: np.ndarray
+    """float32 final score of each candidate."""
+    dense: np.ndarray
+    """float32 dense score ``s_j``."""
+    attention: np.ndarray | None
+    """float32 ``a_j`` (None when consistency was not computed)."""
+    consistency: np.ndarray | None
+    """float32 ``c_j`` (None when consistency was not computed)."""
+    comp_ranks: np.ndarray
+    """int32 ``rank_j``; -1 outside the top z or with complementarity off."""
+    complementarity: np.ndarray
+    """float32 ``comp_j`` (0 outside the top z)."""
+
+
+def gather_rows(dense: np.ndarray, positions: np.ndarray) -> torch.Tensor:
+    """Stored rows at ``positions`` (any shape P) -> float32 tensor (*P, dim).
+
+    The float16 -> float32 conversion runs in torch (SIMD), not numpy (scalar, ~15x
+    slower); numpy only gathers the rows."""
+    rows = torch.from_numpy(dense[positions])
+    return rows.float() if rows.dtype != torch.float32 else rows
+
+
+def _chunks(n_queries: int, n_candidates: int, dim: int) -> list[tuple[slice, slice]]:
+    """(query rows, candidate columns) blocks of at most :data:`CACHE_CHUNK` gathered
+    elements: whole rows of several queries when a query's candidates fit, else column
+    blocks of one query. Small blocks keep the float16 -> float32 conversion in cache."""
+    per_query = n_candidates * dim
+    if per_query <= CACHE_CHUNK:
+        step = max(1, CACHE_CHUNK // max(1, per_query))
+        return [(slice(q, min(q + step, n_queries)), slice(0, n_candidates))
+                for q in range(0, n_queries, step)]
+    width = max(1, CACHE_CHUNK // dim)
+    return [(slice(q, q + 1), slice(c, min(c + width, n_candidates)))
+            for q in range(n_queries) for c in range(0, n_candidates, width)]
+
+
+def dense_scores(query_dense: torch.Tensor, dense: np.ndarray, candidates: np.ndarray,
+                 with_norms: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``s`` (n_queries, n_candidates), and the candidates' row norms if asked, reading
+    only the candidates' rows, block by block."""
+    n_queries, n_candidates = candidates.shape
+    scores = torch.empty(n_queries, n_candidates)
+    norms = torch.empty(n_queries, n_candidates) if with_norms else None
+    for rows_q, cols in _chunks(n_queries, n_candidates, dense.shape[1]):
+        rows = gather_rows(dense, candidates[rows_q, cols])  # (b, c, d)
+        scores[rows_q, cols] = torch.bmm(rows, query_dense[rows_q].unsqueeze(2)).squeeze(2)
+        if norms is not None:
+            norms[rows_q, cols] = rows.norm(dim=2)
+    return scores, norms
+
+
+def scores_and_consistency(query_dense: torch.Tensor, dense: np.ndarray, candidates: np.ndarray,
+                           temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Dense scores ``s``, external attention ``a`` and consistency ``c`` over the
+    candidate set, each (n_queries, n_candidates); formulas in the module docstring.
+
+    One pass gathers each block of rows once for ``s`` and the memory ``m``, whose
+    softmax weights are accumulated online (rescaled by the running maximum, as in
+    streaming attention; ``m`` is normalised, so the softmax denominator cancels). When a
+    block holds all candidates of its queries (count rates), ``c`` is computed from the
+    same rows; otherwise a second pass gathers them again.
+    """
+    n_queries, n_candidates = candidates.shape
+    chunks = _chunks(n_queries, n_candidates, dense.shape[1])
+    whole_rows = bool(chunks) and chunks[0][1] == slice(0, n_candidates)
+    scores = torch.empty(n_queries, n_candidates)
+    agreement = torch.empty(n_queries, n_candidates)
+    norms = torch.empty(n_queries, n_candidates)
+    memory = torch.zeros(n_queries, dense.shape[1])
+    running_max = torch.full((n_queries,), -torch.inf)
+    for rows_q, cols in chunks:
+        rows = gather_rows(dense, candidates[rows_q, cols])  # (b, c, d)
+        s = torch.bmm(rows, query_dense[rows_q].unsqueeze(2)).squeeze(2)
+        scores[rows_q, cols] = s
+        norms[rows_q, cols] = rows.norm(dim=2)
+        new_max = torch.maximum(running_max[rows_q], s.max(dim=1).values)
+        weights = torch.exp((s - new_max.unsqueeze(1)) / temperature)
+        rescale = torch.exp((running_max[rows_q] - new_max) / temperature).unsqueeze(1)
+        memory[rows_q] = memory[rows_q] * rescale + torch.bmm(weights.unsqueeze(1), rows).squeeze(1)
+        running_max[rows_q] = new_max
+        if whole_rows:
+            unit = memory[rows_q] / memory[rows_q].norm(dim=1, keepdim=True).clamp_min(1e-12)
+            agreement[rows_q] = torch.bmm(rows, unit.unsqueeze(2)).squeeze(2)
+    if not whole_rows:
+        unit = memory / memory.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        for rows_q, cols in chunks:
+            rows = gather_rows(dense, candidates[rows_q, cols])
+            agreement[rows_q, cols] = torch.bmm(rows, unit[rows_q].unsqueeze(2)).squeeze(2)
+    attention = torch.softmax(scores / temperature, dim=1)
+    return scores, attention, agreement / norms.clamp_min(1e-12)
+
+
+def complementarity_ranks(query_dense: torch.Tensor, dense: np.ndarray, reciprocal: np.ndarray,
+                          top: np.ndarray) -> torch.Tensor:
+    """``rank_j`` (n_queries, z) int64 for candidates ``top`` (n_queries, z) gallery positions:
+    how many of j's stored top-k scores beat the query's float16 score with j."""
+    rows = gather_rows(dense, top)  # (nq, z, d), exact float16 values
+    query16 = query_dense.half().float()
+    score16 = torch.bmm(rows, query16.unsqueeze(2)).squeeze(2).half().float()
+    stored = torch.from_numpy(reciprocal[top]).float()  # (nq, z, k)
+    return (stored > score16.unsqueeze(2)).sum(dim=2)
+
+
+def rerank(query_dense: torch.Tensor, dense: np.ndarray, reciprocal: np.ndarray | None,
+           candidates: np.ndarray, cfg: CascadeConfig, top_z: int, mode: str,
+           want_consistency: bool = False) -> Rerank:
+    """Score and order ``candidates`` (n_queries, n_candidates) gallery positions.
+
+    ``mode``: ``cascade`` (dense order) or ``meet`` (reweighted). ``want_consistency``
+    computes the consistency term even where the order does not use it (official
+    re-sort), for traces.
+    """
+    n_queries, n_candidates = candidates.shape
+    positions = torch.from_numpy(candidates)
+    attention = agreement = None
+    if mode == "meet" and (cfg.fusion or want_consistency) and n_candidates:
+        scores, attention, agreement = scores_and_consistency(query_dense, dense, candidates,
+                                                              cfg.consistency_temperature)
+    else:
+        scores, _ = dense_scores(query_dense, dense, candidates)
+    comp_ranks = torch.full((n_queries, n_candidates), NOT_CONSULTED, dtype=torch.int32)
+    comp = torch.zeros(n_queries, n_candidates)
+    final = scores.clone()
+    if mode == "cascade" or n_candidates == 0:
+        order = stable_top(scores, n_candidates, positions)
+        return _pack(order, final, scores, attention, agreement, comp_ranks, comp)
+    z = min(top_z, n_candidates) if reciprocal is not None else 0
+    dense_order = stable_top(scores, n_candidates, positions)
+    if z > 0:
+        head = dense_order[:, :z]
+        ranks = complementarity_ranks(query_dense, dense, reciprocal, candidates[
+            np.arange(n_queries)[:, None], head.numpy()])
+        comp_ranks.scatter_(1, head, ranks.to(torch.int32))
+        comp.scatter_(1, head, 1.0 / (1.0 + ranks.float()))
+    if cfg.fusion:
+        final = scores + cfg.alpha * agreement + cfg.beta * comp
+        order = stable_top(final, n_candidates, positions)
+    elif z > 0:
+        resort = torch.sort(ranks, dim=1, stable=True).indices
+        head = head.gather(1, resort)
+        order = torch.cat([head, dense_order[:, z:]], dim=1)
+        ordinal = 2.0 + (z - torch.arange(z, dtype=torch.float32)) / z
+        final.scatter_(1, head, ordinal.expand(n_queries, z).contiguous())
+    else:
+        order = dense_order
+    return _pack(order, final, scores, attention, agreement, comp_ranks, comp)
+
+
+def _pack(order, final, scores, attention, agreement, comp_ranks, comp) -> Rerank:
+    as_np = lambda t: None if t is None else t.numpy()
+    return Rerank(order=order.numpy(), final=final.numpy(), dense=scores.numpy(),
+                  attention=as_np(attention), consistency=as_np(agreement),
+                  comp_ranks=comp_ranks.numpy(), complementarity=comp.numpy())
