@@ -113,3 +113,36 @@ def test_evaluate_cli_writes_every_mode(tiny_run, tiny_shapes, tmp_path, capsys)
         assert abs(sum(recalls) - values["rsum"]) < 1e-6
     assert "| dense |" in capsys.readouterr().out
     assert main(["--checkpoint", str(tiny_run), "--data", str(tiny_shapes), "--modes", "bogus"]) == 2
+
+
+def test_evaluate_cascade_modes_report_filter_drops(tiny_run, tiny_shapes, tmp_path):
+    from meet.evaluate import main
+
+    out = tmp_path / "cascade.json"
+    assert main(["--checkpoint", str(tiny_run), "--data", str(tiny_shapes), "--split", "test",
+                 "--modes", "dense,cascade,meet", "--json", str(out), "--device", "cpu"]) == 0
+    results = json.loads(out.read_text())
+    for mode in ("cascade", "meet"):
+        values = results[mode]
+        for direction in ("t2i", "i2t"):
+            dropped = values[f"{direction}_relevant_dropped_hamming"] + values[f"{direction}_relevant_dropped_pq"]
+            assert 0.0 <= dropped <= 1.0
+        # paper rates on 60 images / 300 captions: R = 0.6 * 60, q = 0.6 * R (t2i)
+        assert values["t2i_kept_after_hamming"] == 36 and values["t2i_kept_after_pq"] == 22
+        assert 0 <= values["rsum"] <= 600
+
+
+def test_build_index_cli_round_trip(tiny_run, tiny_shapes, tmp_path, capsys):
+    from meet.build_index import main
+    from meet.index import GalleryIndex, checkpoint_fingerprint
+
+    out = tmp_path / "index"
+    assert main(["--checkpoint", str(tiny_run), "--data", str(tiny_shapes), "--split", "test",
+                 "--out", str(out), "--reciprocal-k", "5", "--device", "cpu"]) == 0
+    fingerprint = checkpoint_fingerprint(tiny_run)
+    images = GalleryIndex.load(out / "image", fingerprint=fingerprint)
+    texts = GalleryIndex.load(out / "text", fingerprint=fingerprint)
+    assert (images.n_items, texts.n_items) == (60, 300) and images.reciprocal.shape == (60, 5)
+    assert images.ids[0].endswith(".png")
+    assert main(["--checkpoint", str(tiny_run), "--data", str(tiny_shapes), "--out", str(out)]) == 2
+    assert "not empty" in capsys.readouterr().err
