@@ -98,28 +98,14 @@ def _take(encoded: Encoded, index: torch.Tensor) -> Encoded:
                    pq_codes=encoded.pq_codes[rows])
 
 
-def gallery_pair(model: MEETModel, images: Encoded, texts: Encoded,
-                 image_ids: list[str] | None = None, caption_ids: list[str] | None = None
+def gallery_pair(model: MEETModel, images: Encoded, texts: Encoded
                  ) -> tuple["GalleryIndex", "GalleryIndex"]:
-    """Index already-encoded images and captions as two galleries, each item keeping its
-    top ``reciprocal_k`` scores against the other side (for complementarity)."""
-    from meet.index import GalleryIndex
-    from meet.reciprocal import reciprocal_scores
+    """Index already-encoded images and captions (ids are positions) with the model's
+    ``reciprocal_k``, for the cascade modes."""
+    from meet.index import pair_from_encoded
 
-    k = model.cfg.cascade.reciprocal_k
-    image_rec = text_rec = None
-    if k > 0 and len(images) and len(texts):
-        image_rec, text_rec = reciprocal_scores(images.dense.astype(np.float16),
-                                                texts.dense.astype(np.float16), k, k)
-    image_ids = image_ids or [str(i) for i in range(len(images))]
-    caption_ids = caption_ids or [str(i) for i in range(len(texts))]
-    codebooks = {side: pq.codebooks.detach().cpu().numpy()
-                 for side, pq in (("image", model.model.image_pq), ("text", model.model.text_pq))}
-    image_index = GalleryIndex.from_arrays("image", image_ids, images.dense, images.codes,
-                                           images.pq_codes, codebooks["image"], image_rec)
-    text_index = GalleryIndex.from_arrays("text", caption_ids, texts.dense, texts.codes,
-                                          texts.pq_codes, codebooks["text"], text_rec)
-    return image_index, text_index
+    return pair_from_encoded(model, images, texts, [str(i) for i in range(len(images))],
+                             [str(i) for i in range(len(texts))], model.cfg.cascade.reciprocal_k)
 
 
 def _cascade_functions(mode: str, model: MEETModel, images: Encoded, texts: Encoded

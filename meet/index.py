@@ -328,22 +328,34 @@ def build_pair(model: "MEETModel", images: Any, image_ids: Sequence[Any] | None 
         enc_texts = model.encode_texts(list(captions), batch_size=batch_size * 4,
                                        progress=lambda d, t: report(d, t, "encoding captions"))
         k = model.cfg.cascade.reciprocal_k if reciprocal_k is None else int(reciprocal_k)
-        image_rec = text_rec = None
-        if k > 0 and n_images and n_captions:
-            image_rec, text_rec = reciprocal_scores(
-                enc_images.dense.astype(np.float16), enc_texts.dense.astype(np.float16), k, k,
-                progress=lambda d, t: report(d, t, "reciprocal top-k scores"))
+        meta = {"checkpoint": str(model.folder) if model.folder else "", "preset": model.cfg.preset,
+                "n_images": n_images, "n_captions": n_captions, "reciprocal_k": k,
+                "dataset": f"{dataset.name}/{dataset.split}" if dataset is not None else ""}
+        return pair_from_encoded(model, enc_images, enc_texts, image_ids, caption_ids, k, meta,
+                                 progress=lambda d, t: report(d, t, "reciprocal top-k scores"))
     finally:
         close()
+
+
+def pair_from_encoded(model: "MEETModel", images: "Encoded", texts: "Encoded",
+                      image_ids: Sequence[Any], caption_ids: Sequence[Any], reciprocal_k: int,
+                      meta: dict | None = None,
+                      progress: Callable[[int, int], None] | None = None
+                      ) -> tuple[GalleryIndex, GalleryIndex]:
+    """Index already-encoded images and captions: ``(image_index, text_index)``, each item
+    keeping its top ``reciprocal_k`` scores against the other side (0 = none). Shared by
+    :func:`build_pair` and evaluation, which has its encodings already."""
+    image_rec = text_rec = None
+    if reciprocal_k > 0 and len(images) and len(texts):
+        image_rec, text_rec = reciprocal_scores(images.dense.astype(np.float16),
+                                                texts.dense.astype(np.float16),
+                                                reciprocal_k, reciprocal_k, progress=progress)
     fingerprint = model_fingerprint(model)
-    meta = {"checkpoint": str(model.folder) if model.folder else "", "preset": model.cfg.preset,
-            "n_images": n_images, "n_captions": n_captions, "reciprocal_k": k,
-            "dataset": f"{dataset.name}/{dataset.split}" if dataset is not None else ""}
     image_index = GalleryIndex.from_arrays(
-        "image", image_ids, enc_images.dense, enc_images.codes, enc_images.pq_codes,
+        "image", image_ids, images.dense, images.codes, images.pq_codes,
         model.model.image_pq.codebooks.detach().cpu().numpy(), image_rec, fingerprint, meta)
     text_index = GalleryIndex.from_arrays(
-        "text", caption_ids, enc_texts.dense, enc_texts.codes, enc_texts.pq_codes,
+        "text", caption_ids, texts.dense, texts.codes, texts.pq_codes,
         model.model.text_pq.codebooks.detach().cpu().numpy(), text_rec, fingerprint, meta)
     return image_index, text_index
 
