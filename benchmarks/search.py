@@ -204,6 +204,7 @@ def benchmark_size(n_items: int, args, work: Workload, hnsw_rate: list) -> tuple
             builds.setdefault(m.name.split(" (")[0].replace("MEET cascade", "MEET gallery")
                               .replace("MEET meet", "MEET gallery"), m.build_seconds)
     setup += [f"{name} build {seconds:.1f} s" for name, seconds in builds.items()]
+    load_before = _load_average()
     rows = []
     for method in methods:
         timing = None if method.run is None else time_method(
@@ -214,7 +215,13 @@ def benchmark_size(n_items: int, args, work: Workload, hnsw_rate: list) -> tuple
     stages = format_stages(rows)
     table = format_table(n_items, args.queries, rows, min(args.single_queries, args.queries))
     table += "\n\n" + stages if stages else ""
+    setup.append(f"1-min load average {load_before} before timing, {_load_average()} after "
+                 f"(above the core count means other processes shared the CPUs)")
     return table, f"Setup at {n_items:,} items (not timed above): " + ", ".join(setup)
+
+
+def _load_average() -> str:
+    return f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "n/a"
 
 
 def _int_list(text: str) -> list[int]:
