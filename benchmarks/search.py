@@ -61,29 +61,37 @@ def time_method(method: Method, n_queries: int, n_single: int, n_warmup: int,
     """Warm up once, then time one batched call and up to ``n_single`` single-query calls.
 
     A method so slow that the batch would take more than ``budget_s`` seconds (estimated
-    from the warm-up call, which over-estimates) is timed on fewer queries, at least the
-    warm-up's; the same cap applies to the single-query calls (at least 3). The counts
-    actually used are recorded and printed, so a reduced run is never hidden.
+    from the warm-up call, then from each timed call) is timed on fewer queries, at least
+    the warm-up's; the single-query loop also stops (after at least 3 calls) before it
+    would pass ``budget_s``. The counts actually used are recorded and printed, so a
+    reduced run is never hidden.
     """
     n_warm = max(1, min(n_warmup, n_queries))
     t0 = time.perf_counter()
     method.run(0, n_warm)
     per_query = (time.perf_counter() - t0) / n_warm
-    n_batch = n_queries if per_query * n_queries <= budget_s else max(n_warm, int(budget_s / per_query))
-    t0 = time.perf_counter()
-    method.run(0, n_batch)
-    batched = (time.perf_counter() - t0) / n_batch
+    n_batch = 0
+    while n_batch < n_queries:
+        # A small warm-up batch over-estimates methods that gain from batching (faiss's
+        # flat search switches to BLAS at 20 queries): re-estimate from each timed call.
+        fits = per_query * n_queries <= budget_s
+        n_next = n_queries if fits else max(n_warm, int(budget_s / per_query))
+        if n_next <= n_batch:
+            break
+        n_batch = n_next
+        t0 = time.perf_counter()
+        method.run(0, n_batch)
+        batched = per_query = (time.perf_counter() - t0) / n_batch
     stages = {name: sec / n_batch for name, sec in method.stage_seconds.items() if sec > 0}
-    n_one = min(n_single, n_queries)
-    if per_query * n_one > budget_s:
-        n_one = min(n_one, max(3, int(budget_s / per_query)))
-    singles = []
-    for i in range(n_one):
+    singles: list[float] = []
+    for i in range(min(n_single, n_queries)):
         t0 = time.perf_counter()
         method.run(i, i + 1)
         singles.append(time.perf_counter() - t0)
+        if len(singles) >= 3 and sum(singles) + singles[-1] > budget_s:
+            break
     return Timing(batched_s=batched, single_s=statistics.median(singles), stages=stages,
-                  n_batched=n_batch, n_single=n_one)
+                  n_batched=n_batch, n_single=len(singles))
 
 
 def format_table(n_items: int, n_queries: int, rows: Sequence[tuple[Method, Timing | None]],
@@ -187,7 +195,7 @@ def benchmark_size(n_items: int, args, work: Workload, hnsw_rate: list) -> tuple
             method, per_item = hnsw_method(vectors, work, args, args.k)
             hnsw_rate[:] = [(n_items, per_item)]
         else:
-            method = hnsw_skipped(n_items, args.dim, args, hnsw_rate[0] if hnsw_rate else None,
+            method = hnsw_skipped(n_items, args, hnsw_rate[0] if hnsw_rate else None,
                                   vectors, work, args.k)
         methods.append(method)
     if "ivfpq" in wanted:

@@ -162,7 +162,7 @@ def hnsw_method(vectors: np.ndarray, work: Workload, args, k: int) -> tuple[Meth
     return method, build_s / n_items
 
 
-def hnsw_skipped(n_items: int, dim: int, args, rate: tuple[int, float] | None,
+def hnsw_skipped(n_items: int, args, rate: tuple[int, float] | None,
                  vectors: np.ndarray, work: Workload, k: int) -> Method:
     """Report HNSW as skipped, with a build-time estimate from the measured rate.
 
