@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from meet.config import CascadeConfig
+from meet.filters import dense_block_scorer, stream_topk
 from meet.index import GalleryIndex
 from meet.inference import Encoded
 from meet.retrieval import search
@@ -41,21 +42,11 @@ def sample_queries(model, ds, side: str, n: int, seed: int) -> Encoded:
     return model.encode_image_batches(batches, len(rows), 256)
 
 
-def dense_top10(queries: Encoded, gallery: GalleryIndex, block: int = 65536
-                ) -> tuple[np.ndarray, np.ndarray]:
+def dense_top10(queries: Encoded, gallery: GalleryIndex) -> tuple[np.ndarray, np.ndarray]:
     """Exact dense top-10 (positions, scores), streamed over gallery blocks; scores use the
     gallery's stored float16 vectors, as the cascade's re-rank does."""
-    q = torch.from_numpy(queries.dense)
-    best_scores = torch.full((q.shape[0], 10), -torch.inf)
-    best_ids = torch.zeros((q.shape[0], 10), dtype=torch.long)
-    for start in range(0, gallery.n_items, block):
-        part = torch.from_numpy(np.asarray(gallery.dense[start:start + block], np.float32))
-        scores = q @ part.T
-        merged_scores = torch.cat([best_scores, scores], 1)
-        merged_ids = torch.cat([best_ids, torch.arange(start, start + part.shape[0]).expand(q.shape[0], -1)], 1)
-        top = merged_scores.topk(10, dim=1)
-        best_scores, best_ids = top.values, merged_ids.gather(1, top.indices)
-    return best_ids.numpy(), best_scores.numpy()
+    scorer = dense_block_scorer(torch.from_numpy(queries.dense), gallery.dense)
+    return stream_topk(scorer, gallery.n_items, len(queries), 10)
 
 
 def recall_at_10(found: np.ndarray, found_dense: np.ndarray, reference_scores: np.ndarray) -> float:

@@ -1,0 +1,38 @@
+"""Smoke test of benchmarks/scale_recall.py on the tiny trained run."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+
+def _load_script():
+    path = Path(__file__).parents[1] / "benchmarks" / "scale_recall.py"
+    spec = importlib.util.spec_from_file_location("scale_recall", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_scale_recall_prints_a_row_per_setting(tiny_run, tiny_shapes, tmp_path, capsys):
+    from meet.build_index import main as build
+
+    assert build(["--checkpoint", str(tiny_run), "--data", str(tiny_shapes), "--split", "test",
+                  "--out", str(tmp_path / "index"), "--reciprocal-k", "0", "--device", "cpu"]) == 0
+    script = _load_script()
+    assert script.main(["--index", str(tmp_path / "index"), "--checkpoint", str(tiny_run),
+                        "--data", str(tiny_shapes), "--queries", "20", "--settings", "10:5,60:60"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| t2i") or line.startswith("| i2t")]
+    assert len(rows) == 4
+    # keeping the whole gallery (R = q = 60 images) keeps all of the dense top-10
+    assert float(rows[1].split("|")[4]) == 1.0
+
+
+def test_tie_aware_recall_counts_equal_scores():
+    script = _load_script()
+    found = np.array([[5, 6, -1, 7, 8, 9, 10, 11, 12, 13]])
+    found_dense = np.array([[0.9] * 10])
+    reference = np.array([[0.9] * 10])
+    assert script.recall_at_10(found, found_dense, reference) == 0.9  # the -1 pad does not count
