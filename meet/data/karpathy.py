@@ -109,7 +109,7 @@ def load_karpathy(root: str | Path, split: str, image_size: int = 64, json_name:
     """
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"data set folder not found: {root}", fix="check --data-root")
+        raise DataError(f"data set folder not found: {root}", fix="check --data")
     json_path = _find_json(root, json_name)
     data = _read_json(json_path)
     entries = data["images"]

@@ -42,7 +42,7 @@ def load_split(root: str | Path, split: str, model_cfg: ModelConfig,
         from meet.data.precomp import load_precomp
         name = split if (root / f"{split}_ims.npy").exists() else _PRECOMP_ALIASES.get(split, split)
         ds = load_precomp(root, name)
-        width = ds.feature_shape[1] if hasattr(ds, "feature_shape") else model_cfg.precomp_dim
+        width = ds.feature_shape[1]
         if width != model_cfg.precomp_dim:
             raise ConfigError(f"{root} has {width}-d features but the model expects "
                               f"precomp_dim={model_cfg.precomp_dim}", fix=f"use --precomp-dim {width}")

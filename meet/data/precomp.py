@@ -110,7 +110,7 @@ def load_precomp(root: str | Path, split: str, check_finite: bool = True) -> Pre
     """
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"precomp folder not found: {root}", fix="check --data-root")
+        raise DataError(f"precomp folder not found: {root}", fix="check --data")
     if split not in PRECOMP_SPLITS:
         raise DataError(f"unknown precomp split {split!r} for {root}",
                         fix=f"use one of {sorted(PRECOMP_SPLITS)}")
