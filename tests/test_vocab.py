@@ -91,7 +91,7 @@ def test_load_missing_file_is_a_data_error(tmp_path):
     (json.dumps({"format": "meet-vocab", "words": ["a", "<unk>"]}), "must start with"),
     (json.dumps({"format": "meet-vocab", "words": ["<pad>", "<unk>", "a", "a"]}), "duplicate"),
 ])
-def test_load_malformed_file_is_a_data_error(tmp_path, content, message):
+def test_load_malformed_file_is_rejected_clearly(tmp_path, content, message):
     path = tmp_path / "vocab.json"
     path.write_text(content, encoding="utf-8")
     with pytest.raises(DataError, match=message) as info:
