@@ -75,9 +75,7 @@ def score_functions(mode: str, model: MEETModel, images: Encoded, texts: Encoded
     if mode == "hash":
         img = torch.from_numpy(np.where(images.hash >= 0, 1.0, -1.0).astype(np.float32))
         txt = torch.from_numpy(np.where(texts.hash >= 0, 1.0, -1.0).astype(np.float32))
-        generator = torch.Generator().manual_seed(0)
-        jitter = _TIE_JITTER * torch.rand(len(images), len(texts), generator=generator)
-        fn = lambda i, c: img[i] @ txt[c].T + jitter[i][:, c]
+        fn = lambda i, c: img[i] @ txt[c].T + _tie_jitter(i, c)
         return fn, fn
     if mode == "pq":
         pq_img, pq_txt = model.model.image_pq.cpu(), model.model.text_pq.cpu()
@@ -90,6 +88,15 @@ def score_functions(mode: str, model: MEETModel, images: Encoded, texts: Encoded
     if mode in ("cascade", "meet"):
         return _cascade_functions(mode, model, images, texts)
     raise ConfigError(f"unknown mode {mode!r}", fix=f"choose from {', '.join(MODES)}")
+
+
+def _tie_jitter(image_idx: torch.Tensor, caption_idx: torch.Tensor) -> torch.Tensor:
+    """A fixed pseudo-random value in [0, _TIE_JITTER) per (image, caption) pair, computed
+    from the two indices (a multiplicative hash), so breaking Hamming ties needs no
+    (n_images, n_captions) table: COCO 5K x 25K would cost 500 MB."""
+    mixed = (image_idx.long()[:, None] * 2654435761 + caption_idx.long()[None, :] * 40503 + 12345)
+    mixed = (mixed ^ (mixed >> 13)) * 1274126177
+    return (mixed % 65521).float() / 65521 * _TIE_JITTER
 
 
 def _take(encoded: Encoded, index: torch.Tensor) -> Encoded:
