@@ -182,6 +182,27 @@ class CascadeConfig:
 
 
 @dataclass
+class HashRefitConfig:
+    """``python -m meet.hash_refit``: retrain only the hash heads of a trained model on its
+    cached (detached) dense embeddings, so the codes keep the dense ranking better.
+
+    The loss is ``weight * L_f'`` + ``binary_weight * ||h| - 1|^2``, where ``L_f'`` is the
+    MSE between the cosine matrices of the hash and dense spaces in each batch, across the
+    modalities *and* within each (the cascade compares codes across the whole gallery, not
+    only matched pairs)."""
+
+    epochs: int = 20
+    """Passes over the training captions (each paired with its image)."""
+    lr: float = 1e-3
+    batch_size: int = 1024
+    weight: float = 10.0
+    """Weight of the similarity-structure loss."""
+    binary_weight: float = 0.1
+    """Weight of the push of ``h`` towards {-1, +1}."""
+    seed: int = 0
+
+
+@dataclass
 class MEETConfig:
     """The whole configuration; stored as ``config.json`` in each checkpoint."""
 
