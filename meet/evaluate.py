@@ -43,6 +43,9 @@ from meet.quantization import adc_scores
 if TYPE_CHECKING:
     from meet.index import GalleryIndex
 
+Galleries = tuple["GalleryIndex", "GalleryIndex"]
+"""(image index, caption index) of one split."""
+
 MODES = ("dense", "hash", "pq", "cascade", "meet")
 _TIE_JITTER = 0.25  # < 1: +-1 code dot products step by 2, so jitter never reorders levels
 
@@ -65,9 +68,12 @@ def encode_dataset(model: MEETModel, ds: ImageTextDataset, batch_size: int = 256
     return images, texts
 
 
-def score_functions(mode: str, model: MEETModel, images: Encoded, texts: Encoded
-                    ) -> tuple[Callable, Callable]:
-    """(i2t, t2i) score functions ``f(image_idx, caption_idx) -> (n_img, n_cap)``."""
+def score_functions(mode: str, model: MEETModel, images: Encoded, texts: Encoded,
+                    pair: Galleries | None = None) -> tuple[Callable, Callable]:
+    """(i2t, t2i) score functions ``f(image_idx, caption_idx) -> (n_img, n_cap)``.
+
+    ``pair``: the whole split already indexed (:func:`gallery_pair`), reused by the cascade
+    modes when a call covers the whole split instead of being built again."""
     if mode == "dense":
         img, txt = torch.from_numpy(images.dense), torch.from_numpy(texts.dense)
         fn = lambda i, c: img[i] @ txt[c].T
@@ -86,7 +92,7 @@ def score_functions(mode: str, model: MEETModel, images: Encoded, texts: Encoded
         t2i = lambda i, c: adc_scores(pq_img.lookup_tables(h_txt[c]), c_img[i]).T
         return i2t, t2i
     if mode in ("cascade", "meet"):
-        return _cascade_functions(mode, model, images, texts)
+        return _cascade_functions(mode, model, images, texts, pair)
     raise ConfigError(f"unknown mode {mode!r}", fix=f"choose from {', '.join(MODES)}")
 
 
@@ -105,8 +111,7 @@ def _take(encoded: Encoded, index: torch.Tensor) -> Encoded:
                    pq_codes=encoded.pq_codes[rows])
 
 
-def gallery_pair(model: MEETModel, images: Encoded, texts: Encoded
-                 ) -> tuple["GalleryIndex", "GalleryIndex"]:
+def gallery_pair(model: MEETModel, images: Encoded, texts: Encoded) -> Galleries:
     """Index already-encoded images and captions (ids are positions) with the model's
     ``reciprocal_k``, for the cascade modes."""
     from meet.index import pair_from_encoded
@@ -115,8 +120,12 @@ def gallery_pair(model: MEETModel, images: Encoded, texts: Encoded
                              [str(i) for i in range(len(texts))], model.cfg.cascade.reciprocal_k)
 
 
-def _cascade_functions(mode: str, model: MEETModel, images: Encoded, texts: Encoded
-                       ) -> tuple[Callable, Callable]:
+def _covers(index: torch.Tensor, n: int) -> bool:
+    return len(index) == n and bool(torch.equal(index, torch.arange(n)))
+
+
+def _cascade_functions(mode: str, model: MEETModel, images: Encoded, texts: Encoded,
+                       pair: Galleries | None = None) -> tuple[Callable, Callable]:
     """Score functions through the Stage II cascade; items a filter removed score -inf.
 
     The gallery of each call is the given subset (a COCO fold is its own gallery), so the
@@ -131,7 +140,8 @@ def _cascade_functions(mode: str, model: MEETModel, images: Encoded, texts: Enco
         key = (i.numpy().tobytes(), c.numpy().tobytes())
         if key not in cache:
             sub_images, sub_texts = _take(images, i), _take(texts, c)
-            image_index, text_index = gallery_pair(model, sub_images, sub_texts)
+            whole = pair is not None and _covers(i, len(images)) and _covers(c, len(texts))
+            image_index, text_index = pair if whole else gallery_pair(model, sub_images, sub_texts)
             i2t = full_scores(sub_images, text_index, cfg, "i2t", mode)
             t2i = full_scores(sub_texts, image_index, cfg, "t2i", mode)
             cache.clear()
@@ -140,7 +150,7 @@ def _cascade_functions(mode: str, model: MEETModel, images: Encoded, texts: Enco
     return (lambda i, c: both(i, c)[0]), (lambda i, c: both(i, c)[1])
 
 
-def filter_drops(model: MEETModel, images: Encoded, texts: Encoded,
+def filter_drops(model: MEETModel, pair: Galleries, images: Encoded, texts: Encoded,
                  relevance: torch.Tensor) -> dict[str, float]:
     """Share of the truly relevant items each filter removes, per direction (Shapes).
 
@@ -151,7 +161,7 @@ def filter_drops(model: MEETModel, images: Encoded, texts: Encoded,
     """
     from meet.retrieval import stage_survivors
 
-    image_index, text_index = gallery_pair(model, images, texts)
+    image_index, text_index = pair
     cfg = model.cfg.cascade
     out = {}
     for direction, queries, gallery, rel in (("t2i", texts, image_index, relevance.numpy()),
@@ -171,9 +181,13 @@ def _as_index(indices: torch.Tensor | np.ndarray | range) -> torch.Tensor:
 
 def evaluate_mode(mode: str, model: MEETModel, ds: ImageTextDataset, images: Encoded,
                   texts: Encoded, protocol: str = "full",
-                  relevance: torch.Tensor | None = None) -> dict[str, float]:
-    """Recall metrics (+ ground-truth metrics, timings) of one mode on one split."""
-    i2t_fn, t2i_fn = score_functions(mode, model, images, texts)
+                  relevance: torch.Tensor | None = None,
+                  pair: Galleries | None = None) -> dict[str, float]:
+    """Recall metrics (+ ground-truth metrics, timings) of one mode on one split.
+    ``pair``: the split already indexed, for the cascade modes (built here if None)."""
+    if mode in ("cascade", "meet") and pair is None:
+        pair = gallery_pair(model, images, texts)
+    i2t_fn, t2i_fn = score_functions(mode, model, images, texts, pair)
     i2t_fn_idx = lambda i, c: i2t_fn(_as_index(i), _as_index(c))
     t2i_fn_idx = lambda i, c: t2i_fn(_as_index(i), _as_index(c))
     caption_image = torch.as_tensor(ds.caption_image, dtype=torch.long)
@@ -184,7 +198,7 @@ def evaluate_mode(mode: str, model: MEETModel, ds: ImageTextDataset, images: Enc
         result["rsum"] = sum(result[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10))
     all_img, all_cap = torch.arange(ds.n_images), torch.arange(len(ds.captions))
     if mode in ("cascade", "meet"):  # the score functions are memoised: time real searches
-        result.update(_cascade_timing(mode, model, images, texts))
+        result.update(_cascade_timing(mode, model, pair, images, texts))
     else:
         result.update(_search_timing(i2t_fn, t2i_fn, all_img, all_cap))
     result["encode_ms_per_image"] = 1000 * images.seconds / max(len(images), 1)
@@ -209,11 +223,12 @@ def _search_timing(i2t_fn: Callable, t2i_fn: Callable, all_img: torch.Tensor,
             "search_ms_per_caption_query": 1000 * (end - mid) / max(len(all_cap), 1)}
 
 
-def _cascade_timing(mode: str, model: MEETModel, images: Encoded, texts: Encoded) -> dict[str, float]:
+def _cascade_timing(mode: str, model: MEETModel, pair: Galleries, images: Encoded,
+                    texts: Encoded) -> dict[str, float]:
     """Wall time per query of a batched top-10 cascade search over the whole split."""
     from meet.retrieval import search
 
-    image_index, text_index = gallery_pair(model, images, texts)
+    image_index, text_index = pair
     start = time.perf_counter()
     search(images, text_index, model.cfg.cascade, "i2t", k=10, mode=mode)
     mid = time.perf_counter()
@@ -232,8 +247,8 @@ def shapes_relevance(ds: ImageTextDataset) -> torch.Tensor | None:
 
 
 def single_object_precision(model: MEETModel, ds: ImageTextDataset, images: Encoded,
-                            texts: Encoded, modes: tuple[str, ...], k: int = 10
-                            ) -> dict[str, dict[str, float]]:
+                            texts: Encoded, modes: tuple[str, ...], k: int = 10,
+                            pair: Galleries | None = None) -> dict[str, dict[str, float]]:
     """Text->image P@k of the single-object queries with at least k relevant images
     (Shapes only): all of them, "a {colour} {shape}" ("a red circle") and "a {size}
     {colour} {shape}" ("a small blue star"). {mode: {"all": p, "colour_shape": p,
@@ -247,7 +262,7 @@ def single_object_precision(model: MEETModel, ds: ImageTextDataset, images: Enco
     with_size = torch.tensor([len(q.split()) == 4 for q in kept], dtype=torch.bool)  # "a small blue star"
     probes = model.encode_texts(kept)
     relevance = relevance[keep]
-    image_index = None
+    image_index = pair[0] if pair is not None else None
     out = {}
     for mode in modes:
         if mode in ("cascade", "meet"):
@@ -270,15 +285,16 @@ def evaluate(model: MEETModel, ds: ImageTextDataset, modes: tuple[str, ...] = MO
     """Every requested mode on one split: {mode: metrics}."""
     images, texts = encode_dataset(model, ds, progress=progress)
     relevance = shapes_relevance(ds)
-    results = {mode: evaluate_mode(mode, model, ds, images, texts, protocol, relevance)
+    pair = gallery_pair(model, images, texts) if any(m in ("cascade", "meet") for m in modes) else None
+    results = {mode: evaluate_mode(mode, model, ds, images, texts, protocol, relevance, pair)
                for mode in modes}
-    if relevance is not None and any(m in ("cascade", "meet") for m in modes):
-        drops = filter_drops(model, images, texts, relevance)
+    if relevance is not None and pair is not None:
+        drops = filter_drops(model, pair, images, texts, relevance)
         for mode in modes:
             if mode in ("cascade", "meet"):
                 results[mode].update(drops)
     if relevance is not None:
-        for mode, values in single_object_precision(model, ds, images, texts, modes).items():
+        for mode, values in single_object_precision(model, ds, images, texts, modes, pair=pair).items():
             results[mode]["t2i_single_object_p@10"] = values["all"]
             results[mode]["t2i_colour_shape_p@10"] = values["colour_shape"]
             results[mode]["t2i_size_colour_shape_p@10"] = values["size_colour_shape"]
