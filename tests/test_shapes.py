@@ -333,3 +333,26 @@ def test_generate_validates_arguments(tmp_path):
     with pytest.raises(ConfigError):
         generate(tmp_path / "x", n_train=5, image_size=31, progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_one_split_alone_equals_that_split_of_the_full_set(small_set, tmp_path):
+    """The app's default gallery renders only the test split: same images, same records."""
+    only_test = generate(tmp_path / "test-only", **SMALL, splits=("test",))
+    full, part = (json.loads((root / "dataset.json").read_text()) for root in (small_set, only_test))
+    full_test = [r for r in full["images"] if r["split"] == "test"]
+    assert part["images"] == full_test and part["split_sizes"] == [20, 5, 5]
+    images = _files(only_test / "images")
+    assert images == {name: data for name, data in _files(small_set / "images").items()
+                      if name in {r["filename"] for r in full_test}}
+    assert ensure_shapes(only_test, **SMALL, splits=("test",)) == only_test
+    with pytest.raises(DataError):
+        ensure_shapes(only_test, **SMALL)  # the full set was asked for: not this cache
+    with pytest.raises(ConfigError):
+        generate(tmp_path / "bad", **SMALL, splits=("tset",))
+
+
+def test_cli_writes_only_the_asked_splits(tmp_path):
+    assert shapes.main(["--out", str(tmp_path / "s"), "--n-train", "4", "--n-val", "2", "--n-test", "3",
+                        "--splits", "val,test", "--quiet"]) == 0
+    splits = [r["split"] for r in json.loads((tmp_path / "s" / "dataset.json").read_text())["images"]]
+    assert splits == ["val"] * 2 + ["test"] * 3

@@ -18,6 +18,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import Sequence
 
 from meet.errors import ConfigError, DataError, MEETError
 
@@ -48,18 +49,40 @@ def _check_arguments(n_train: int, n_val: int, n_test: int, seed: int, image_siz
         raise ConfigError(f"workers must be a positive integer, got {workers!r}")
 
 
+SPLITS = ("train", "val", "test")
+
+
+def split_ranges(n_train: int, n_val: int, n_test: int,
+                 splits: Sequence[str] = SPLITS) -> list[tuple[int, int]]:
+    """Global image-index ranges ``[start, stop)`` of the chosen splits.
+
+    Images are numbered train, then val, then test, and each image is seeded by its
+    global index, so the test split alone (``splits=("test",)``) is byte-identical to
+    the test split of the full data set: the app's default gallery needs only that.
+    """
+    unknown = sorted(set(splits) - set(SPLITS))
+    if unknown or not splits:
+        raise ConfigError(f"unknown or no Shapes splits {sorted(set(splits))}",
+                          fix=f"choose among {', '.join(SPLITS)}")
+    bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val),
+              "test": (n_train + n_val, n_train + n_val + n_test)}
+    return [bounds[name] for name in SPLITS if name in splits and bounds[name][1] > bounds[name][0]]
+
+
 def _render_records(images_dir: Path, n_train: int, n_val: int, n_test: int, seed: int,
-                    image_size: int, workers: int, progress: bool) -> list[dict]:
-    """All records in image order; PNGs written into ``images_dir`` (chunks in parallel
-    when ``workers > 1``; each image's randomness depends on (seed, index) only)."""
+                    image_size: int, workers: int, progress: bool,
+                    splits: Sequence[str] = SPLITS) -> list[dict]:
+    """The records of ``splits`` in image order; PNGs written into ``images_dir`` (chunks
+    in parallel when ``workers > 1``; each image's randomness depends on (seed, index) only)."""
     from tqdm import tqdm
 
     from meet.data.shapes.render import render_chunk
 
-    total = n_train + n_val + n_test
+    ranges = split_ranges(n_train, n_val, n_test, splits)
+    total = sum(stop - start for start, stop in ranges)
     chunk_images = min(_CHUNK_IMAGES, max(8, -(-total // (4 * workers))))
-    tasks = [(str(images_dir), start, min(start + chunk_images, total), seed, image_size,
-              n_train, n_val) for start in range(0, total, chunk_images)]
+    tasks = [(str(images_dir), start, min(start + chunk_images, stop), seed, image_size,
+              n_train, n_val) for first, stop in ranges for start in range(first, stop, chunk_images)]
     records: list[dict] = []
     with tqdm(total=total, unit="img", desc="rendering shapes", disable=not progress) as bar:
         if workers == 1 or len(tasks) == 1:
@@ -105,18 +128,23 @@ def _replace_directory(source: Path, target: Path, overwrite: bool) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def dataset_json(records: list[dict], seed: int, image_size: int) -> str:
-    """Byte-deterministic JSON text (sorted keys, fixed separators)."""
-    return json.dumps({"dataset": "shapes", "seed": seed, "image_size": image_size,
-                       "images": records}, sort_keys=True, separators=(",", ":"))
+def dataset_json(records: list[dict], seed: int, image_size: int,
+                 sizes: tuple[int, int, int] | None = None) -> str:
+    """Byte-deterministic JSON text (sorted keys, fixed separators). ``sizes``: the full
+    (train, val, test) sizes, stored when only some splits were written."""
+    content = {"dataset": "shapes", "seed": seed, "image_size": image_size, "images": records}
+    if sizes is not None:
+        content["split_sizes"] = list(sizes)
+    return json.dumps(content, sort_keys=True, separators=(",", ":"))
 
 
 def generate(out_dir: str | Path, n_train: int = 20000, n_val: int = 1000, n_test: int = 1000,
              seed: int = 0, image_size: int = 64, workers: int = 1, overwrite: bool = False,
-             progress: bool = True) -> Path:
+             progress: bool = True, splits: Sequence[str] = SPLITS) -> Path:
     """Write ``out_dir/dataset.json`` and ``out_dir/images/*.png``; return ``out_dir``.
 
-    Atomic: everything is written into a hidden sibling folder that is renamed into
+    ``splits``: write only these splits (same images as in the full data set; see
+    :func:`split_ranges`). Atomic: everything is written into a hidden sibling folder that is renamed into
     place at the end, so a crash leaves no half-written data set. Refuses a non-empty
     ``out_dir`` unless ``overwrite``. Same arguments give byte-identical files for any
     ``workers``.
@@ -134,9 +162,11 @@ def generate(out_dir: str | Path, n_train: int = 20000, n_val: int = 1000, n_tes
         staging.chmod(0o755)  # mkdtemp makes it private; the data set is not
         (staging / "images").mkdir()
         records = _render_records(staging / "images", n_train, n_val, n_test, seed,
-                                  image_size, workers, progress)
-        (staging / "dataset.json").write_text(dataset_json(records, seed, image_size),
-                                              encoding="utf-8")
+                                  image_size, workers, progress, splits)
+        partial = set(splits) != set(SPLITS)
+        (staging / "dataset.json").write_text(
+            dataset_json(records, seed, image_size, (n_train, n_val, n_test) if partial else None),
+            encoding="utf-8")
         _replace_directory(staging, out, overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -149,38 +179,48 @@ def _split_counts(images: list[dict]) -> tuple[int, int, int]:
     return splits.count("train"), splits.count("val"), splits.count("test")
 
 
+def _identity(content: dict) -> tuple:
+    """What a cached data set was made with: (dataset, seed, image_size, full split sizes,
+    split counts present)."""
+    present = _split_counts(content["images"])
+    sizes = tuple(content.get("split_sizes", present))
+    return content["dataset"], content["seed"], content["image_size"], sizes, present
+
+
 def ensure_shapes(out_dir: str | Path, n_train: int = 20000, n_val: int = 1000,
                   n_test: int = 1000, seed: int = 0, image_size: int = 64, workers: int = 1,
-                  overwrite: bool = False, progress: bool = True) -> Path:
+                  overwrite: bool = False, progress: bool = True,
+                  splits: Sequence[str] = SPLITS) -> Path:
     """A cache: generate unless ``out_dir/dataset.json`` exists, else reuse it.
 
-    An existing data set made with other arguments (seed, image size, split sizes) is
-    an error, or is regenerated when ``overwrite``: a stale cache must not silently
-    stand in for the one asked for.
+    An existing data set made with other arguments (seed, image size, split sizes, the
+    splits written) is an error, or is regenerated when ``overwrite``: a stale cache
+    must not silently stand in for the one asked for.
     """
     out = Path(out_dir)
     path = out / "dataset.json"
     if not path.is_file():
         try:
             return generate(out, n_train, n_val, n_test, seed, image_size, workers, overwrite,
-                            progress)
+                            progress, splits)
         except ConfigError:
             if not path.is_file():  # a bad argument, or a folder holding something else
                 raise
             # another process generated it meanwhile: check it below like any cache
     try:
-        existing = json.loads(path.read_text(encoding="utf-8"))
-        found = (existing["dataset"], existing["seed"], existing["image_size"],
-                 _split_counts(existing["images"]))
+        found = _identity(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         found = (f"unreadable ({exc})",)
-    wanted = ("shapes", seed, image_size, (n_train, n_val, n_test))
+    sizes = (n_train, n_val, n_test)
+    present = tuple(size if name in splits else 0 for name, size in zip(SPLITS, sizes))
+    wanted = ("shapes", seed, image_size, sizes, present)
     if found == wanted:
         return out
     if overwrite:
-        return generate(out, n_train, n_val, n_test, seed, image_size, workers, True, progress)
+        return generate(out, n_train, n_val, n_test, seed, image_size, workers, True, progress,
+                        splits)
     raise DataError(f"{path} holds another Shapes data set: found (dataset, seed, image_size, "
-                    f"(train, val, test)) = {found}, wanted {wanted}",
+                    f"(train, val, test) sizes, counts present) = {found}, wanted {wanted}",
                     fix="delete the folder, pick another, or pass overwrite=True")
 
 
@@ -198,6 +238,9 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=1, help="rendering processes")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a non-empty output folder")
+    parser.add_argument("--splits", default=",".join(SPLITS),
+                        help="comma-separated splits to write (e.g. 'test': the same test images "
+                             "as the full data set, without rendering the others)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -210,15 +253,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check_arguments(args.n_train, args.n_val, args.n_test, args.seed, args.image_size,
                          args.workers)
+        splits = tuple(name.strip() for name in args.splits.split(",") if name.strip())
+        ranges = split_ranges(args.n_train, args.n_val, args.n_test, splits)
         started = time.perf_counter()
         out = generate(args.out, args.n_train, args.n_val, args.n_test, args.seed,
-                       args.image_size, args.workers, args.overwrite, not args.quiet)
+                       args.image_size, args.workers, args.overwrite, not args.quiet, splits)
     except ConfigError as exc:
         parser.error(str(exc))
     except MEETError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    total = args.n_train + args.n_val + args.n_test
+    total = sum(stop - start for start, stop in ranges)
     seconds = time.perf_counter() - started
     print(f"wrote {total} images to {out} in {seconds:.1f} s ({total / seconds:.0f} images/s)")
     return 0
