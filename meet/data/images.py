@@ -22,11 +22,14 @@ MAX_IMAGE_PIXELS = 40_000_000
 limit and warns above it, and we turn both into :class:`ImageError`."""
 
 
-def open_image(source: str | Path | bytes | Image.Image) -> Image.Image:
+def open_image(source: str | Path | bytes | Image.Image,
+               max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Open and fully decode an image as RGB, or raise :class:`ImageError`.
 
     ``source`` is a path, raw bytes or a PIL image. Decoding happens here (not lazily
     later), so a truncated or corrupt file fails at the place that names it.
+    ``max_pixels``: a stricter size limit (the app's uploads), checked from the header
+    before any pixel is decoded.
     """
     name = "<bytes>" if isinstance(source, bytes) else str(getattr(source, "filename", "") or source)
     if isinstance(source, Image.Image):
@@ -40,10 +43,11 @@ def open_image(source: str | Path | bytes | Image.Image) -> Image.Image:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-                if img.width * img.height > MAX_IMAGE_PIXELS:
+                if img.width * img.height > min(max_pixels, MAX_IMAGE_PIXELS):
                     raise ImageError(
-                        f"image too large: {name} is {img.width}x{img.height}",
-                        fix=f"use an image under {MAX_IMAGE_PIXELS:,} pixels")
+                        f"image too large: {name} is {img.width}x{img.height} "
+                        f"({img.width * img.height / 1e6:.1f} megapixels)",
+                        fix=f"use an image under {min(max_pixels, MAX_IMAGE_PIXELS):,} pixels")
                 img.load()
         except ImageError:
             raise
@@ -54,9 +58,9 @@ def open_image(source: str | Path | bytes | Image.Image) -> Image.Image:
             raise ImageError(f"cannot decode image {name}: {exc}",
                              fix="the file is not a readable PNG/JPEG/... image") from exc
     try:
-        if img.width * img.height > MAX_IMAGE_PIXELS:
+        if img.width * img.height > min(max_pixels, MAX_IMAGE_PIXELS):
             raise ImageError(f"image too large: {name} is {img.width}x{img.height}",
-                             fix=f"use an image under {MAX_IMAGE_PIXELS:,} pixels")
+                             fix=f"use an image under {min(max_pixels, MAX_IMAGE_PIXELS):,} pixels")
         return _to_rgb(img)
     except ImageError:
         raise
