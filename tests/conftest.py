@@ -38,3 +38,59 @@ def tiny_run(tiny_shapes, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "tiny"
     assert main(["--data", str(tiny_shapes), "--out", str(run), *TINY_FLAGS]) == 0
     return run
+
+
+@pytest.fixture(scope="session")
+def app_cache(tmp_path_factory) -> Path:
+    """One cache for the app tests: the default gallery is generated and indexed once."""
+    return tmp_path_factory.mktemp("app-cache")
+
+
+@pytest.fixture(scope="session")
+def app_state(app_cache):
+    """The app's state on its defaults: the bundled model over the Shapes test split."""
+    from app.settings import AppSettings
+    from app.state import load_state
+
+    return load_state(AppSettings(cache_dir=str(app_cache)), report=lambda line: None)
+
+
+@pytest.fixture(scope="session")
+def app_server(app_cache):
+    """``python app.py`` on a free local port (the real entry point), shared by the API and
+    browser tests; yields (url, startup log lines). Stopped at the end of the session."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    root = Path(__file__).resolve().parent.parent
+    log = app_cache / "server.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen([sys.executable, str(root / "app.py"), "--port", str(port),
+                                    "--cache-dir", str(app_cache)], cwd=root, stdout=out,
+                                   stderr=subprocess.STDOUT, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 180
+    try:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"app.py exited with {process.returncode}:\n{log.read_text()}")
+            try:
+                urllib.request.urlopen(url, timeout=2).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"app.py did not answer in 180 s:\n{log.read_text()}")
+                time.sleep(0.5)
+        yield url, log
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()

@@ -1,0 +1,44 @@
+"""The named API endpoints, for ``gradio_client`` and scripts.
+
+``/search_text`` takes (query text, k) and ``/search_image`` (an image file, k); both run
+the checkpoint's default cascade (``meet`` mode) and return JSON
+``{"results": [{"id", "score", "rank"}...], "stages": {...}}``, best first, ``id`` being
+the image's file name in the data set or the caption's sentence id. Bad input raises a
+``gr.Error`` with the reason, which the client receives as an ``AppError``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+from gradio import FileData
+
+from app.feedback import guarded
+from app.search import image_search, results_json, text_search
+from app.state import AppState
+
+
+def search_text_json(state: AppState, query: str, k: int = 10) -> dict[str, Any]:
+    """Text -> images: the top ``k`` gallery images for ``query``."""
+    return results_json(state, text_search(state, query, k))
+
+
+def search_image_json(state: AppState, image: Any, k: int = 10) -> dict[str, Any]:
+    """Image -> captions: the top ``k`` gallery captions for an image file."""
+    path = image.get("path") if isinstance(image, dict) else getattr(image, "path", image)
+    return results_json(state, image_search(state, path, k))
+
+
+def register(state: AppState) -> None:
+    """Add both endpoints to the Blocks being built (no UI of their own)."""
+    def search_text(query: str, k: int = 10) -> dict:
+        """Text -> images: the top k gallery images for a caption."""
+        return search_text_json(state, query, k)
+
+    def search_image(image: FileData, k: int = 10) -> dict:
+        """Image -> captions: the top k gallery captions for an image file."""
+        return search_image_json(state, image, k)
+
+    gr.api(guarded(search_text, outputs=1), api_name="search_text")
+    gr.api(guarded(search_image, outputs=1), api_name="search_image")

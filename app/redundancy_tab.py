@@ -1,0 +1,238 @@
+"""The Redundancy tab: where MEET's compact codes and filters keep, lose and reweight
+information. Every number comes from :mod:`meet.analysis` and every figure from
+:mod:`meet.figures` (the notebooks call the same functions).
+
+Gallery-wide statistics are computed once per server (cached in the state) when the page
+first loads; the per-query views follow the last search of this browser session; the
+recall-vs-cost sweep and the UMAP map run when asked (seconds, not milliseconds).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+import numpy as np
+
+from meet import analysis, figures
+from meet.inference import Encoded
+
+from app.efficiency_tab import query_batch
+from app.feedback import guarded
+from app.search import SearchOutcome, gallery_index
+from app.state import AppState
+
+SWEEP_HAMMING = (0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0)
+SWEEP_PQ = (0.1, 0.25, 0.5, 0.6, 0.75, 1.0)
+"""The R and q grid of the recall-vs-cost curve (fractions; the paper's point is on it)."""
+REMOVED_SHOWN = 12
+UMAP_MAX_POINTS = 3000
+UMAP_EPOCHS = 200
+"""UMAP's layout optimisation is single-threaded when seeded; 200 epochs (not 500) keep the
+map to seconds at 3,000 points."""
+
+
+def positives(state: AppState) -> np.ndarray:
+    """bool (n_captions, n_images): Shapes ground truth, else the data set's caption pairs."""
+    gallery = state.gallery
+    if gallery.relevance is not None:
+        return gallery.relevance
+    pairs = np.zeros((gallery.dataset.n_captions, gallery.dataset.n_images), bool)
+    pairs[np.arange(gallery.dataset.n_captions), gallery.dataset.caption_image] = True
+    return pairs
+
+
+def relevant_for(state: AppState, direction: str) -> np.ndarray:
+    """bool (n_queries, n_gallery) for the queries of :func:`query_batch` (all items)."""
+    return positives(state) if direction == "t2i" else positives(state).T
+
+
+def all_queries(state: AppState, direction: str) -> Encoded:
+    side = state.gallery.texts if direction == "t2i" else state.gallery.images
+    return query_batch(state, direction, side.n_items)
+
+
+def codebook_figures(state: AppState) -> tuple:
+    def compute() -> tuple:
+        gallery = state.gallery
+        usage = {side: analysis.codebook_usage(index.pq_codes, index.codebooks.shape[1])
+                 for side, index in (("image", gallery.images), ("text", gallery.texts))}
+        errors = {"image": analysis.quantization_errors(gallery.image_hash, gallery.images.pq_codes,
+                                                        gallery.images.codebooks),
+                  "text": analysis.quantization_errors(gallery.text_hash, gallery.texts.pq_codes,
+                                                       gallery.texts.codebooks)}
+        text = (f"Dead codewords: image {int(usage['image'].dead.sum())}, caption {int(usage['text'].dead.sum())} "
+                f"of {usage['image'].counts.size} each. Mean perplexity per codebook: image "
+                f"{usage['image'].perplexity.mean():.1f}, caption {usage['text'].perplexity.mean():.1f} "
+                f"(of {usage['image'].counts.shape[1]} codewords). Mean squared quantization error: image "
+                f"{errors['image'].mean():.4f}, caption {errors['text'].mean():.4f}.")
+        return (figures.codebook_heatmap(usage["image"], "Image codebook usage"),
+                figures.codebook_heatmap(usage["text"], "Caption codebook usage"),
+                figures.codebook_entropy_bars(usage["image"], usage["text"]),
+                figures.quantization_error_histogram(errors), text)
+    return state.cached("codebook figures", compute)
+
+
+def bit_figures(state: AppState) -> tuple:
+    def compute() -> tuple:
+        gallery = state.gallery
+        balance = {"image": analysis.bit_balance(gallery.images.codes),
+                   "text": analysis.bit_balance(gallery.texts.codes)}
+        hist = analysis.hamming_pair_histogram(gallery.texts.codes, gallery.images.codes, positives(state))
+        text = (f"Effective number of bits: image {balance['image'].effective_bits:.1f}, caption "
+                f"{balance['text'].effective_bits:.1f} of {gallery.images.n_bits}. Mean Hamming distance "
+                f"between a caption and an image: {hist.positive_mean:.1f} for relevant pairs, "
+                f"{hist.negative_mean:.1f} for the rest; {hist.overlap:.1%} of irrelevant pairs are as close "
+                "as the median relevant pair.")
+        return (figures.bit_share_bars(balance), figures.bit_correlation_heatmap(balance["image"], "Image bits"),
+                figures.bit_correlation_heatmap(balance["text"], "Caption bits"),
+                figures.hamming_histogram(hist), text)
+    return state.cached("bit figures", compute)
+
+
+def aggregate_figure(state: AppState) -> tuple:
+    def compute() -> tuple:
+        aggregates = {direction: analysis.aggregate_funnel(all_queries(state, direction),
+                                                            gallery_index(state, direction), state.cascade,
+                                                            direction, relevant_for(state, direction))
+                      for direction in ("t2i", "i2t")}
+        return figures.aggregate_funnel_figure(aggregates), _aggregate_text(aggregates)
+    return state.cached("aggregate funnel", compute)
+
+
+def _aggregate_text(aggregates: dict[str, Any]) -> str:
+    parts = []
+    for direction, agg in aggregates.items():
+        described = "; ".join(f"after {row['stage']}: {row['recall_ceiling']:.1%} of relevant items remain"
+                              for row in agg.rows() if row["stage"] != "gallery")
+        parts.append(f"**{direction}** ({described})")
+    return "Over every query of the gallery at the checkpoint's rates: " + " · ".join(parts)
+
+
+def recall_cost(state: AppState, direction: str, progress: gr.Progress = gr.Progress()) -> Any:
+    progress(0.1, desc="sweeping R and q")
+    curve = analysis.recall_cost_curve(all_queries(state, direction), gallery_index(state, direction),
+                                       state.cascade, direction, relevant_for(state, direction),
+                                       SWEEP_HAMMING, SWEEP_PQ)
+    return figures.recall_cost_figure(curve)
+
+
+def query_views(state: AppState, outcome: SearchOutcome | None) -> tuple:
+    """The last search: its funnel, what each filter removed, and the reweighting."""
+    if outcome is None:
+        message = "Run a search in the Search tab first; its query is analysed here."
+        return None, [], [], None, None, message
+    if outcome.mode not in ("cascade", "meet"):
+        return (None, [], [], None, None, f"Mode `{outcome.mode}` searches the whole gallery: no filters "
+                "and no re-rank to show. Pick cascade or meet in the Search tab's settings.")
+    funnel = figures.funnel_figure(analysis.query_funnel(outcome.trace, outcome.relevant))
+    removed = {stage: analysis.removed_by_stage(outcome.trace, outcome.relevant, stage, REMOVED_SHOWN,
+                                                dense_query=outcome.query_dense,
+                                                gallery=gallery_index(state, outcome.direction))
+               for stage in ("hamming", "pq")}
+    view = analysis.reweighting_view(outcome.trace)
+    text = f"Query {outcome.query_label}."
+    if outcome.relevant is not None:
+        ranks = analysis.true_match_ranks(outcome.trace, outcome.relevant)
+        text += (f" Best-ranked relevant item: rank {_rank(ranks.get('before'))} by dense score among the "
+                 f"candidates, rank {_rank(ranks.get('after'))} after the re-rank.")
+    labels = item_labels(state, outcome.direction)
+    return (funnel, _removed_items(state, outcome, removed["hamming"]),
+            _removed_items(state, outcome, removed["pq"]), figures.consistency_scatter(view, labels),
+            figures.bump_chart(view, labels=labels, relevant=outcome.relevant), text)
+
+
+def item_labels(state: AppState, direction: str) -> list[str]:
+    """Hover and legend text per gallery position: image file names or (short) captions."""
+    if direction == "t2i":
+        return state.gallery.images.ids
+    return state.cached("caption labels", lambda: [c if len(c) <= 48 else c[:47] + "…"
+                                                   for c in state.gallery.dataset.captions])
+
+
+def _rank(rank: Any) -> str:
+    return "none (filtered out)" if rank is None else str(int(rank) + 1)
+
+
+def _removed_items(state: AppState, outcome: SearchOutcome, positions: np.ndarray) -> list[tuple[Any, str]]:
+    """Gallery entries: images for text queries; for image queries a caption card."""
+    items = []
+    for pos in np.asarray(positions, np.int64):
+        mark = "" if outcome.relevant is None else (" ✓ relevant" if outcome.relevant[pos] else "")
+        if outcome.direction == "t2i":
+            items.append((state.gallery.image_paths[pos], f"{state.gallery.images.ids[pos]}{mark}"))
+        else:
+            image = state.gallery.dataset.caption_image[pos]
+            items.append((state.gallery.image_paths[image],
+                          f"“{state.gallery.dataset.captions[pos]}”{mark}"))
+    return items
+
+
+def umap_map(state: AppState, color_by: str, progress: gr.Progress = gr.Progress()) -> Any:
+    progress(0.1, desc="UMAP of image and caption embeddings (first run compiles numba: ~30 s)")
+    gallery = state.gallery
+    layout = state.cached("umap", lambda: analysis.umap_layout(
+        np.asarray(gallery.images.dense, np.float32), np.asarray(gallery.texts.dense, np.float32),
+        max_points=UMAP_MAX_POINTS, n_epochs=UMAP_EPOCHS))
+    hover = [gallery.images.ids[i] if side == "image" else gallery.dataset.captions[i]
+             for side, i in zip(layout.side, layout.index)]
+    codewords = np.where(layout.side == "image", gallery.images.pq_codes[:, 0][np.minimum(
+        layout.index, gallery.images.n_items - 1)], gallery.texts.pq_codes[:, 0][np.minimum(
+            layout.index, max(gallery.texts.n_items - 1, 0))])
+    return figures.umap_figure(layout, color_by, hover, codewords)
+
+
+def render(state: AppState, last_outcome: gr.State, demo: gr.Blocks) -> None:
+    with gr.Tab("Redundancy"):
+        with gr.Tab("Codebook usage"):
+            codebook_text = gr.Markdown()
+            with gr.Row():
+                image_usage, text_usage = gr.Plot(), gr.Plot()
+            with gr.Row():
+                entropy, errors = gr.Plot(), gr.Plot()
+        with gr.Tab("Bit balance"):
+            bits_text = gr.Markdown()
+            share = gr.Plot()
+            with gr.Row():
+                image_corr, text_corr = gr.Plot(), gr.Plot()
+            hamming = gr.Plot()
+        with gr.Tab("Filtered negatives"):
+            gr.Markdown("**This query** (the last search in the Search tab)")
+            query_text = gr.Markdown()
+            query_funnel = gr.Plot()
+            with gr.Row():
+                removed_hamming = gr.Gallery(label="Removed by the Hamming filter (relevant first, then the "
+                                             "best by dense score)", columns=6, height=240)
+                removed_pq = gr.Gallery(label="Removed by the quantization filter", columns=6, height=240)
+            gr.Markdown("**All queries of the gallery**")
+            aggregate_text = gr.Markdown()
+            aggregate = gr.Plot()
+            with gr.Row():
+                sweep_direction = gr.Radio(["t2i", "i2t"], value="t2i", label="direction")
+                sweep_button = gr.Button("Recall ceiling vs cost over R and q")
+            sweep = gr.Plot()
+        with gr.Tab("Reweighting"):
+            reweight_text = gr.Markdown()
+            with gr.Row():
+                scatter, bump = gr.Plot(), gr.Plot()
+        with gr.Tab("Embedding map"):
+            with gr.Row():
+                color_by = gr.Radio(["modality", "codeword"], value="modality", label="colour by")
+                umap_button = gr.Button("Draw the UMAP map")
+            umap_plot = gr.Plot()
+
+    def static() -> tuple:
+        return (*codebook_figures(state)[:4], codebook_figures(state)[4], *bit_figures(state)[:4],
+                bit_figures(state)[4], *aggregate_figure(state))
+    static_outputs = [image_usage, text_usage, entropy, errors, codebook_text, share, image_corr, text_corr,
+                      hamming, bits_text, aggregate, aggregate_text]
+    demo.load(guarded(static, outputs=len(static_outputs)), None, static_outputs, api_visibility="private")
+    per_query = [query_funnel, removed_hamming, removed_pq, scatter, bump, reweight_text]
+    views = guarded(lambda outcome: query_views(state, outcome), outputs=len(per_query))
+    last_outcome.change(views, last_outcome, per_query, api_visibility="private")
+    last_outcome.change(lambda outcome: "" if outcome is None else f"Query {outcome.query_label}",
+                        last_outcome, query_text, api_visibility="private")
+    sweep_button.click(guarded(lambda d, progress=gr.Progress(): recall_cost(state, d, progress), outputs=1),
+                       sweep_direction, sweep, api_visibility="private")
+    umap_button.click(guarded(lambda c, progress=gr.Progress(): umap_map(state, c, progress), outputs=1),
+                      color_by, umap_plot, api_visibility="private")

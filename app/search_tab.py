@@ -1,0 +1,237 @@
+"""The Search tab: text -> images and image -> texts, each with the cascade's funnel for the
+query, the cascade's ranking beside the dense-only ranking, and sliders that re-run the
+query live. Handlers are plain functions of the state and the inputs; :func:`render`
+lays the tab out and wires them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+import numpy as np
+
+from meet.analysis import query_funnel
+from meet.figures import funnel_figure
+
+from app.feedback import guarded
+from app.search import SEARCH_MODES, SearchOutcome, cascade_from_controls, image_search, text_search
+from app.state import AppState
+
+EXAMPLE_QUERIES = [
+    "a red circle",
+    "a small blue star",
+    "a yellow hexagon to the left of a yellow triangle",
+    "a purple star below a hexagon",
+    "there are three things",
+    "a large green square and a small pink cross",
+]
+"""Shown under the query box on the Shapes gallery (each parses in its grammar)."""
+
+PICKER_IMAGES = 48
+"""Gallery images offered as clickable image queries."""
+
+
+class Controls:
+    """The shared sliders (one set per direction, since the defaults differ)."""
+
+    def __init__(self, state: AppState, direction: str):
+        cfg = state.cascade
+        with gr.Accordion("Cascade settings (re-run the query live)", open=False):
+            with gr.Row():
+                self.mode = gr.Radio(list(SEARCH_MODES), value="meet", label="mode",
+                                     info="meet: filters + reweighting; cascade: filters + dense re-rank")
+                self.k = gr.Slider(1, state.settings.max_k, value=10, step=1, label="results (k)")
+            with gr.Row():
+                self.hamming = gr.Slider(0.01, 1.0, value=_fraction(state, direction),
+                                         step=0.01, label="R: share of the gallery the Hamming filter keeps")
+                self.pq = gr.Slider(0.01, 1.0, value=_fraction(state, direction, of_r=True),
+                                    step=0.01, label="q: share of R the quantization filter keeps")
+            with gr.Row():
+                self.top_z = gr.Slider(0, 50, value=int(getattr(cfg, f"top_z_{direction}")), step=1,
+                                       label="top-z: candidates whose own ranking is consulted")
+                self.alpha = gr.Slider(0.0, 1.0, value=float(cfg.alpha), step=0.01, label="alpha (consistency)")
+                self.beta = gr.Slider(0.0, 1.0, value=float(cfg.beta), step=0.01, label="beta (complementarity)")
+
+    @property
+    def inputs(self) -> list[Any]:
+        return [self.k, self.mode, self.hamming, self.pq, self.top_z, self.alpha, self.beta]
+
+    @property
+    def live(self) -> list[Any]:
+        return [self.k, self.mode, self.hamming, self.pq, self.top_z, self.alpha, self.beta]
+
+
+def _fraction(state: AppState, direction: str, of_r: bool = False) -> float:
+    """The checkpoint's R (share of the gallery) or q (share of R) as a slider fraction;
+    count rates are converted for this gallery."""
+    from meet.retrieval import stage_sizes
+    n_items = (state.gallery.images if direction == "t2i" else state.gallery.texts).n_items
+    n_hamming, n_pq, _ = stage_sizes(state.cascade, direction, max(n_items, 1))
+    share = n_pq / max(n_hamming, 1) if of_r else n_hamming / max(n_items, 1)
+    return round(min(1.0, max(0.01, share)), 2)
+
+
+def _outcome(state: AppState, direction: str, query: Any, k: Any, mode: str, hamming: float, pq: float,
+             top_z: float, alpha: float, beta: float) -> SearchOutcome:
+    cfg = cascade_from_controls(state.cascade, direction, hamming, pq, top_z, alpha, beta)
+    if direction == "t2i":
+        return text_search(state, query, k, cfg, mode)
+    return image_search(state, query, k, cfg, mode)
+
+
+def _mark(outcome: SearchOutcome, position: int) -> str:
+    """A leading tick or cross by ground truth (first, so a narrow caption still shows it)."""
+    if outcome.relevant is None:
+        return ""
+    return "✓ " if outcome.relevant[position] else "✗ "
+
+
+def image_results(state: AppState, outcome: SearchOutcome, which: str = "result") -> list[tuple[str, str]]:
+    """(image path, caption) per result for a gr.Gallery, best first."""
+    result = outcome.result if which == "result" else outcome.dense
+    items = []
+    for rank, (pos, score) in enumerate(zip(result.ids[0], result.scores[0]), start=1):
+        if pos < 0:
+            continue
+        items.append((state.gallery.image_paths[pos],
+                      f"{_mark(outcome, pos)}#{rank} · {score:.3f} · {state.gallery.images.ids[pos]}"))
+    return items
+
+
+def caption_results(state: AppState, outcome: SearchOutcome, which: str = "result") -> list[list[Any]]:
+    """Rows [rank, caption, score, relevant] for a gr.Dataframe, best first."""
+    result = outcome.result if which == "result" else outcome.dense
+    rows = []
+    for rank, (pos, score) in enumerate(zip(result.ids[0], result.scores[0]), start=1):
+        if pos < 0:
+            continue
+        truth = "" if outcome.relevant is None else ("✓" if outcome.relevant[pos] else "✗")
+        rows.append([rank, state.gallery.dataset.captions[pos], round(float(score), 4), truth])
+    return rows
+
+
+def summary(state: AppState, outcome: SearchOutcome) -> str:
+    """A few lines: the stage counts, what the filters cost in truly relevant items, timings."""
+    counts = outcome.result.stage_counts
+    lines = [f"**{outcome.query_label}** · mode `{outcome.mode}` · "
+             f"gallery {counts['gallery']:,} → Hamming {counts['after_hamming']:,} → "
+             f"quantization {counts['after_pq']:,} → re-ranked {counts['reranked']:,}"]
+    if outcome.relevant is not None:
+        lost = ""
+        if outcome.mode in ("cascade", "meet"):
+            funnel = query_funnel(outcome.trace, outcome.relevant)
+            lost = ", ".join(f"{stage['name']} lost {stage['relevant_lost_here']}"
+                             for stage in funnel.stages if stage.get("relevant_lost_here"))
+        total = int(outcome.relevant.sum())
+        in_top = int(np.sum(outcome.relevant[outcome.result.ids[0][outcome.result.ids[0] >= 0]]))
+        in_dense = int(np.sum(outcome.relevant[outcome.dense.ids[0][outcome.dense.ids[0] >= 0]]))
+        lines.append(f"Ground truth ({outcome.ground_truth}): {total:,} relevant in the gallery; "
+                     f"{in_top} in this top {outcome.result.ids.shape[1]}, {in_dense} in the dense top "
+                     f"{outcome.dense.ids.shape[1]}. " + (f"Filters: {lost}." if lost else
+                                                          "The filters lost none." if outcome.mode in
+                                                          ("cascade", "meet") else ""))
+    elif outcome.ground_truth:
+        lines.append(outcome.ground_truth)
+    ms = outcome.seconds
+    lines.append(f"Server time: encode {ms['encode'] * 1000:.1f} ms, search {ms['search'] * 1000:.1f} ms "
+                 f"(dense-only ranking {ms['dense'] * 1000:.1f} ms).")
+    return "\n\n".join(lines)
+
+
+def funnel_of(outcome: SearchOutcome) -> Any:
+    """The funnel figure of a cascade/meet search (None for the exhaustive modes)."""
+    if outcome.mode not in ("cascade", "meet"):
+        return None
+    return funnel_figure(query_funnel(outcome.trace, outcome.relevant))
+
+
+def run_text(state: AppState, query: str, *controls: Any) -> tuple:
+    outcome = _outcome(state, "t2i", query, *controls)
+    funnel = funnel_of(outcome)
+    return (image_results(state, outcome), image_results(state, outcome, "dense"), funnel,
+            summary(state, outcome), outcome)
+
+
+def run_image(state: AppState, image: Any, *controls: Any) -> tuple:
+    outcome = _outcome(state, "i2t", image, *controls)
+    funnel = funnel_of(outcome)
+    return (caption_results(state, outcome), caption_results(state, outcome, "dense"), funnel,
+            summary(state, outcome), outcome)
+
+
+def render(state: AppState, last_outcome: gr.State) -> None:
+    """Lay out the Search tab inside the current Blocks context."""
+    with gr.Tab("Search"):
+        with gr.Tab("Text → images"):
+            _text_panel(state, last_outcome)
+        with gr.Tab("Image → captions"):
+            _image_panel(state, last_outcome)
+
+
+def _text_panel(state: AppState, last_outcome: gr.State) -> None:
+    with gr.Row():
+        query = gr.Textbox(label="Describe an image", placeholder="a red circle left of a blue square",
+                           scale=4, max_length=state.settings.max_query_chars, elem_id="text-query")
+        button = gr.Button("Search", variant="primary", scale=1, elem_id="text-search")
+    if state.gallery.is_shapes:
+        gr.Examples(EXAMPLE_QUERIES, inputs=[query], label="Example queries")
+    controls = Controls(state, "t2i")
+    info = gr.Markdown(elem_id="text-summary")
+    with gr.Row():
+        ranked = gr.Gallery(label="MEET ranking", columns=5, height=420, elem_id="text-results")
+        dense = gr.Gallery(label="Dense-only ranking (for comparison)", columns=5, height=420)
+    funnel = gr.Plot(label="The cascade for this query", elem_id="text-funnel")
+    outputs = [ranked, dense, funnel, info, last_outcome]
+    handler = guarded(lambda q, *c: run_text(state, q, *c), outputs=len(outputs))
+    live = guarded(lambda q, *c: run_text(state, q, *c), outputs=len(outputs), skip_if_empty=True)
+    inputs = [query, *controls.inputs]
+    button.click(handler, inputs, outputs, api_visibility="private")
+    query.submit(handler, inputs, outputs, api_visibility="private")
+    for control in controls.live:
+        control.change(live, inputs, outputs, api_visibility="private", trigger_mode="always_last")
+
+
+def _image_panel(state: AppState, last_outcome: gr.State) -> None:
+    picked = gr.State(None)
+    with gr.Row():
+        with gr.Column(scale=2):
+            with gr.Tab("Gallery image"):
+                picker = gr.Gallery([(state.gallery.image_paths[i], state.gallery.images.ids[i])
+                                     for i in range(min(PICKER_IMAGES, len(state.gallery.image_paths)))],
+                                    columns=8, height=260, allow_preview=False, label="Click an image",
+                                    elem_id="image-picker")
+                number = gr.Number(label="or its number in the gallery", precision=0, minimum=0,
+                                   maximum=max(0, state.gallery.dataset.n_images - 1))
+                gallery_button = gr.Button("Search with this gallery image", variant="primary")
+            with gr.Tab("Upload"):
+                upload = gr.Image(type="filepath", label="Your image", sources=["upload", "clipboard"])
+                upload_button = gr.Button("Search with the upload", variant="primary")
+            with gr.Tab("Sketch"):
+                sketch = gr.Sketchpad(type="numpy", label="Draw shapes", canvas_size=(256, 256))
+                sketch_button = gr.Button("Search with the sketch", variant="primary")
+        with gr.Column(scale=3):
+            info = gr.Markdown(elem_id="image-summary")
+            with gr.Row():
+                headers = ["rank", "caption", "score", "relevant"]
+                ranked = gr.Dataframe(headers=headers, label="MEET ranking", wrap=True, elem_id="image-results")
+                dense = gr.Dataframe(headers=headers, label="Dense-only ranking", wrap=True)
+            funnel = gr.Plot(label="The cascade for this query")
+    controls = Controls(state, "i2t")
+    last_image = gr.State(None)
+    """The last image searched with (a gallery position, a file path or a sketch array):
+    the sliders re-run it."""
+    outputs = [ranked, dense, funnel, info, last_outcome, last_image]
+    handler = guarded(lambda image, *c: (*run_image(state, image, *c), image), outputs=len(outputs))
+    live = guarded(lambda image, *c: (*run_image(state, image, *c), image), outputs=len(outputs),
+                   skip_if_empty=True)
+
+    def select(event: gr.SelectData) -> tuple[int, int]:
+        return event.index, event.index
+    picker.select(select, None, [picked, number], api_visibility="private")
+    number.change(lambda n: None if n is None else int(n), number, picked, api_visibility="private")
+    for source, button in ((picked, gallery_button), (upload, upload_button), (sketch, sketch_button)):
+        button.click(handler, [source, *controls.inputs], outputs, api_visibility="private")
+    for control in controls.live:
+        control.change(live, [last_image, *controls.inputs], outputs, api_visibility="private",
+                       trigger_mode="always_last")

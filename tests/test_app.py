@@ -1,0 +1,173 @@
+"""The app's logic without a server: settings, start-up, both searches against Shapes ground
+truth, bad input, and every tab's handler on the default gallery."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app import efficiency_tab, redundancy_tab, search_tab
+from app.feedback import guarded, user_message
+from app.search import cascade_from_controls, image_search, results_json, text_search
+from app.settings import AppSettings, from_args, from_env
+from app.state import load_state
+from meet.data.shapes import parse_caption
+from meet.errors import ConfigError, DataError, ImageError
+
+
+def test_settings_come_from_env_then_flags(tmp_path):
+    env = {"MEET_PORT": "8001", "GRADIO_SERVER_NAME": "0.0.0.0", "MEET_SHARE": "no"}
+    assert (from_env(env).port, from_env(env).host, from_env(env).share) == (8001, "0.0.0.0", False)
+    settings = from_args(["--port", "9000", "--share"], environ=env)
+    assert (settings.port, settings.host, settings.share) == (9000, "0.0.0.0", True)
+    assert AppSettings().share is False
+    with pytest.raises(ConfigError):
+        from_env({"MEET_PORT": "seventy"})
+    with pytest.raises(SystemExit):
+        from_args(["--port", "70000"], environ={})
+
+
+def test_default_state_is_the_shapes_test_split(app_state):
+    gallery = app_state.gallery
+    assert (gallery.dataset.n_images, gallery.dataset.n_captions) == (1000, 5000)
+    assert gallery.images.ids[0] == "021000.png"  # same images as the benchmark's test split
+    assert gallery.relevance.shape == (5000, 1000) and app_state.device_label == "CPU"
+
+
+def test_cached_index_is_reused_and_a_corrupt_one_rebuilt(app_state, app_cache):
+    lines: list[str] = []
+    again = load_state(AppSettings(cache_dir=str(app_cache)), report=lines.append)
+    assert any("loaded the cached gallery index" in line for line in lines)
+    assert np.array_equal(again.gallery.images.codes, app_state.gallery.images.codes)
+    dense = next((app_cache / "indexes").glob("*/images/dense.npy"))
+    dense.write_bytes(dense.read_bytes()[:-64])  # truncate: the checksum must catch it
+    lines.clear()
+    rebuilt = load_state(AppSettings(cache_dir=str(app_cache)), report=lines.append)
+    assert any("unusable" in line and "rebuilding" in line for line in lines)
+    assert np.array_equal(rebuilt.gallery.images.codes, app_state.gallery.images.codes)
+
+
+def test_text_search_finds_relevant_images(app_state):
+    outcome = text_search(app_state, "a red circle", k=10)
+    relevant = outcome.relevant
+    assert relevant is not None and relevant.sum() > 10
+    top = outcome.result.ids[0]
+    assert relevant[top].mean() >= 0.8  # the bundled model's single-object P@10 is ~0.92
+    payload = results_json(app_state, outcome)
+    assert [r["rank"] for r in payload["results"]] == list(range(1, 11))
+    scores = [r["score"] for r in payload["results"]]
+    assert scores == sorted(scores, reverse=True)
+    assert payload["stages"] == {"gallery": 1000, "after_hamming": 600, "after_pq": 360, "reranked": 360}
+    json.dumps(payload)
+
+
+def test_image_search_from_the_gallery_uses_ground_truth(app_state):
+    outcome = image_search(app_state, 0, k=5)
+    assert outcome.relevant is not None and outcome.relevant[outcome.result.ids[0][0]]
+    payload = results_json(app_state, outcome)
+    captions = [r["caption"] for r in payload["results"]]
+    scene = app_state.gallery.dataset.scenes[0]
+    from meet.data.shapes import is_relevant
+    assert all(is_relevant(parse_caption(c), scene) for c in captions[:3])
+
+
+def test_uploaded_and_sketched_images_search_without_ground_truth(app_state, tmp_path):
+    path = app_state.gallery.image_paths[3]
+    upload = image_search(app_state, path, k=5)
+    by_position = image_search(app_state, 3, k=5)
+    assert upload.relevant is None
+    assert list(upload.result.ids[0]) == list(by_position.result.ids[0])
+    sketch = {"composite": np.full((64, 64, 4), 255, np.uint8)}
+    assert image_search(app_state, sketch, k=3).result.ids.shape == (1, 3)
+
+
+@pytest.mark.parametrize("query", ["", "   ", None])
+def test_empty_queries_are_refused(app_state, query):
+    with pytest.raises(DataError, match="empty"):
+        text_search(app_state, query)
+
+
+def test_bad_inputs_get_clear_errors(app_state, tmp_path):
+    with pytest.raises(DataError, match="characters"):
+        text_search(app_state, "a red circle " * 200)
+    big = tmp_path / "big.png"
+    Image.new("RGB", (5000, 4000)).save(big)  # 20 megapixels, over the app's 16 MP limit
+    with pytest.raises(ImageError, match="too large"):
+        image_search(app_state, str(big))
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("this is not an image")
+    with pytest.raises(ImageError, match="cannot decode"):
+        image_search(app_state, str(not_image))
+    with pytest.raises(ImageError, match="empty"):
+        image_search(app_state, {"composite": None})
+    with pytest.raises(DataError, match="does not exist"):
+        image_search(app_state, 10**6)
+    for bad in ({"hamming_rate": 7.0}, {"pq_rate": 0.0}, {"top_z": -3}, {"alpha": float("nan")}):
+        with pytest.raises(ConfigError):
+            cascade_from_controls(app_state.cascade, "t2i", **bad)
+    with pytest.raises(ConfigError):
+        text_search(app_state, "a red circle", k=10**9)
+
+
+def test_guarded_handlers_turn_errors_into_messages():
+    import gradio as gr
+
+    def fails_for_user():
+        raise DataError("the query is empty", fix="type a caption")
+
+    def has_a_bug():
+        raise KeyError("internal detail")
+    with pytest.raises(gr.Error, match="the query is empty. What to do: type a caption"):
+        guarded(fails_for_user, outputs=1)()
+    with pytest.raises(gr.Error) as info:
+        guarded(has_a_bug, outputs=1)()
+    assert "internal detail" not in str(info.value) and "KeyError" in str(info.value)
+    assert "What to do" not in user_message(RuntimeError("x"))
+
+
+def test_sliders_change_the_cascade(app_state):
+    narrow = text_search(app_state, "a red circle", 10,
+                         cascade_from_controls(app_state.cascade, "t2i", hamming_rate=0.1, pq_rate=0.5))
+    assert narrow.result.stage_counts["after_hamming"] == 100 and narrow.result.stage_counts["after_pq"] == 50
+
+
+def test_search_tab_handlers(app_state):
+    controls = (10, "meet", 0.6, 0.6, 12, 0.1, 0.1)
+    ranked, dense, funnel, text, outcome = search_tab.run_text(app_state, "a small blue star", *controls)
+    assert len(ranked) == len(dense) == 10 and ranked[0][1][0] in "✓✗"
+    assert funnel.data and "Hamming" in text
+    rows, dense_rows, funnel, text, outcome = search_tab.run_image(app_state, 5, *controls)
+    assert len(rows) == 10 and rows[0][3] in "✓✗"
+
+
+def test_redundancy_tab_numbers(app_state):
+    *codebook_figs, codebook_text = redundancy_tab.codebook_figures(app_state)
+    assert all(fig.data for fig in codebook_figs) and "Dead codewords" in codebook_text
+    *bit_figs, bit_text = redundancy_tab.bit_figures(app_state)
+    assert all(fig.data for fig in bit_figs) and "Effective number of bits" in bit_text
+    figure, text = redundancy_tab.aggregate_figure(app_state)
+    assert figure.data and "t2i" in text
+    outcome = text_search(app_state, "a red circle", 10)
+    views = redundancy_tab.query_views(app_state, outcome)
+    assert views[0].data and views[3].data and views[4].data
+    assert len(views[1]) <= redundancy_tab.REMOVED_SHOWN
+
+
+def test_efficiency_tab_measures_every_mode(app_state):
+    rows = efficiency_tab.measure(app_state, "t2i", n_queries=64, repeats=1)
+    assert [row["mode"] for row in rows] == list(efficiency_tab.MODES)
+    assert rows[0]["speedup_batched"] == pytest.approx(1.0)
+    assert all(row["batched_ms"] > 0 for row in rows)
+    assert [r[1] for r in efficiency_tab.bytes_table(app_state)][:2] == [8, 8]
+
+
+@pytest.mark.parametrize("mode", ["dense", "hash", "pq"])
+def test_exhaustive_modes_have_no_funnel_but_still_answer(app_state, mode):
+    controls = (5, mode, 0.6, 0.6, 12, 0.1, 0.1)
+    ranked, dense, funnel, text, outcome = search_tab.run_text(app_state, "a red circle", *controls)
+    assert len(ranked) == 5 and funnel is None and "Ground truth" in text
+    views = redundancy_tab.query_views(app_state, outcome)
+    assert views[0] is None and "no filters" in views[-1]
