@@ -40,5 +40,5 @@ def register(state: AppState) -> None:
         """Image -> captions: the top k gallery captions for an image file."""
         return search_image_json(state, image, k)
 
-    gr.api(guarded(search_text, outputs=1), api_name="search_text")
-    gr.api(guarded(search_image, outputs=1), api_name="search_image")
+    gr.api(guarded(search_text, outputs=1, in_page=False), api_name="search_text")
+    gr.api(guarded(search_image, outputs=1, in_page=False), api_name="search_image")

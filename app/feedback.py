@@ -27,20 +27,30 @@ def user_message(exc: BaseException) -> str:
     return f"Something went wrong on the server ({type(exc).__name__}); it was logged, and the app is still running."
 
 
-def guarded(fn: Callable[..., Any], outputs: int, skip_if_empty: bool = False) -> Callable[..., Any]:
-    """Wrap a handler so every failure reaches the page as a ``gr.Error``.
+def guarded(fn: Callable[..., Any], outputs: int, skip_if_empty: bool = False,
+            in_page: bool = True) -> Callable[..., Any]:
+    """Wrap a handler so every failure reaches the user as a message.
 
-    ``skip_if_empty``: when the first input (the query) is empty, change nothing instead
-    of complaining, for handlers fired by sliders before any query was made."""
+    ``in_page``: a user error (:class:`~meet.errors.MEETError`) shows as a warning toast
+    and leaves the outputs as they were (the last good results stay on screen); False (the
+    API endpoints) raises ``gr.Error``, which a client receives as an error. Bugs always
+    raise ``gr.Error``. ``skip_if_empty``: when the first input (the query) is empty,
+    change nothing, for handlers fired by sliders before any query was made."""
+    def unchanged() -> Any:
+        return tuple(gr.skip() for _ in range(outputs)) if outputs > 1 else gr.skip()
+
     @functools.wraps(fn)
     def handler(*args: Any, **kwargs: Any) -> Any:
         if skip_if_empty and (not args or args[0] is None or (isinstance(args[0], str) and not args[0].strip())):
-            return tuple(gr.skip() for _ in range(outputs)) if outputs > 1 else gr.skip()
+            return unchanged()
         try:
             return fn(*args, **kwargs)
         except gr.Error:
             raise
         except MEETError as exc:
+            if in_page:
+                gr.Warning(user_message(exc))
+                return unchanged()
             raise gr.Error(user_message(exc), print_exception=False) from None
         except Exception as exc:  # noqa: BLE001 - the page must get a message, the log the traceback
             log.exception("handler %s failed", getattr(fn, "__name__", fn))

@@ -121,7 +121,9 @@ def test_guarded_handlers_turn_errors_into_messages():
     def has_a_bug():
         raise KeyError("internal detail")
     with pytest.raises(gr.Error, match="the query is empty. What to do: type a caption"):
-        guarded(fails_for_user, outputs=1)()
+        guarded(fails_for_user, outputs=1, in_page=False)()
+    kept = guarded(fails_for_user, outputs=2)()  # in the page: a warning, the outputs unchanged
+    assert kept == (gr.skip(), gr.skip())
     with pytest.raises(gr.Error) as info:
         guarded(has_a_bug, outputs=1)()
     assert "internal detail" not in str(info.value) and "KeyError" in str(info.value)
@@ -171,3 +173,46 @@ def test_exhaustive_modes_have_no_funnel_but_still_answer(app_state, mode):
     assert len(ranked) == 5 and funnel is None and "Ground truth" in text
     views = redundancy_tab.query_views(app_state, outcome)
     assert views[0] is None and "no filters" in views[-1]
+
+
+def test_a_plain_image_folder_with_captions_is_a_gallery(app_state, tmp_path):
+    import shutil
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    names = []
+    for position in range(6):
+        source = app_state.gallery.image_paths[position]
+        names.append(f"photo{position}.png")
+        shutil.copy(source, folder / names[-1])
+    captions = tmp_path / "captions.txt"
+    lines = [f"{name}\t{app_state.gallery.dataset.captions[app_state.gallery.dataset.captions_of(i)[0]]}"
+             for i, name in enumerate(names)]
+    captions.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    state = load_state(AppSettings(data=str(folder), captions=str(captions), cache_dir=str(tmp_path / "cache")),
+                       report=lambda line: None)
+    assert state.gallery.relevance is None and state.gallery.images.ids == names
+    exact = text_search(state, lines[2].split("\t")[1], k=3)
+    assert exact.relevant is not None and exact.relevant.sum() >= 1  # the caption's own image
+    assert results_json(state, exact)["results"][0]["id"] in names
+    assert text_search(state, "anything at all", k=2).relevant is None
+    payload = results_json(state, image_search(state, 1, k=3))
+    # fractional rates on 6 captions: R = 0.3 * 6 -> 2, q = 0.5 * 2 -> 1 survivor
+    assert payload["stages"]["after_pq"] == len(payload["results"]) == 1
+
+
+@pytest.mark.parametrize("settings", [dict(checkpoint="/no/such/checkpoint"), dict(data="/no/such/folder")])
+def test_unusable_checkpoint_or_gallery_is_a_clear_error(settings, tmp_path):
+    from meet.errors import MEETError
+
+    with pytest.raises(MEETError) as info:
+        load_state(AppSettings(cache_dir=str(tmp_path), **settings), report=lambda line: None)
+    assert "/no/such" in str(info.value)
+
+
+def test_the_error_page_says_why():
+    from app.layout import build_error_demo
+
+    demo = build_error_demo("checkpoint not found: /x (check the path)")
+    texts = [block.value for block in demo.blocks.values() if hasattr(block, "value") and isinstance(block.value, str)]
+    assert any("checkpoint not found: /x" in text for text in texts)

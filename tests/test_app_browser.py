@@ -61,6 +61,16 @@ def test_typing_a_query_shows_result_images(page):
     _shot(page, "1-search-text")
 
 
+def test_an_empty_query_gets_a_message_and_the_page_keeps_working(page):
+    page.locator("#text-query textarea").fill("   ")
+    page.locator("#text-search").click()
+    page.get_by_text("the query is empty").first.wait_for(timeout=30_000)
+    _shot(page, "1b-empty-query")
+    page.locator("#text-query textarea").fill("a small blue star")
+    page.locator("#text-search").click()
+    page.locator("#text-summary").get_by_text("a small blue star").wait_for(timeout=30_000)
+
+
 def test_image_query_from_the_gallery(page):
     _tab(page, "Image → captions")
     page.locator("#image-picker img").first.click()
