@@ -18,13 +18,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -32,35 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_app(cache: Path, log: Path, timeout: float = 300) -> tuple[subprocess.Popen, str, float, float | None]:
-    """(process, url, seconds to first HTTP answer, the app's own cold-start figure)."""
-    port = free_port()
-    started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port), "--cache-dir", str(cache)],
-                               cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                               env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
-    url = f"http://127.0.0.1:{port}/"
-    while True:
-        if process.poll() is not None:
-            raise SystemExit(f"app.py exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            urllib.request.urlopen(url, timeout=2).read()
-            break
-        except OSError:
-            if time.perf_counter() - started > timeout:
-                process.kill()
-                raise SystemExit(f"app.py did not answer in {timeout} s")
-            time.sleep(0.1)
-    seconds = time.perf_counter() - started
-    match = re.search(r"cold start to ready: ([\d.]+) s", log.read_text())
-    return process, url, seconds, float(match.group(1)) if match else None
+from benchmarks.app_server import start_app  # noqa: E402
 
 
 def percentiles(samples: list[float]) -> str:

@@ -57,40 +57,17 @@ def app_state(app_cache):
 
 @pytest.fixture(scope="session")
 def app_server(app_cache):
-    """``python app.py`` on a free local port (the real entry point), shared by the API and
-    browser tests; yields (url, startup log lines). Stopped at the end of the session."""
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
+    """``python app.py`` on a free local port (the real entry point), shared by the API,
+    load and browser tests; yields (url, log path). Stopped at the end of the session."""
+    from benchmarks.app_server import start_app
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    root = Path(__file__).resolve().parent.parent
     log = app_cache / "server.log"
-    with open(log, "w") as out:
-        process = subprocess.Popen([sys.executable, str(root / "app.py"), "--port", str(port),
-                                    "--cache-dir", str(app_cache)], cwd=root, stdout=out,
-                                   stderr=subprocess.STDOUT, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 180
+    process, url, _, _ = start_app(app_cache, log, timeout=180)
     try:
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"app.py exited with {process.returncode}:\n{log.read_text()}")
-            try:
-                urllib.request.urlopen(url, timeout=2).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"app.py did not answer in 180 s:\n{log.read_text()}")
-                time.sleep(0.5)
         yield url, log
     finally:
         process.terminate()
         try:
             process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
+        except Exception:  # noqa: BLE001 - a hung server must not hang the suite
             process.kill()
