@@ -65,3 +65,31 @@ def test_bad_input_gets_a_message_and_the_app_keeps_serving(client, tmp_path):
     with pytest.raises(Exception, match="k="):
         client.predict("a red circle", -4, api_name="/search_text")
     assert len(client.predict("a blue star", 3, api_name="/search_text")["results"]) == 3
+
+
+def _status(url: str) -> int:
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_the_server_serves_only_gallery_files(app_server, app_cache, gallery):
+    url, _ = app_server
+    image = gallery["folder"] / "images" / "021000.png"
+    assert _status(f"{url}gradio_api/file={image}") == 200
+    index_file = next(app_cache.glob("indexes/*/images/index.json"))
+    for path in ("/etc/passwd", str(index_file), f"{gallery['folder']}/dataset.json",
+                 f"{image.parent}/../../server.log", f"{image.parent}/..%2F..%2Fserver.log"):
+        assert _status(f"{url}gradio_api/file={path}") in (403, 404), path
+
+
+def test_oversized_uploads_are_refused(client, tmp_path):
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(11 * 1024 * 1024))  # 11 MB, over the 10 MB limit
+    with pytest.raises(Exception, match="(?i)size|large"):
+        client.predict(handle_file(str(big)), 5, api_name="/search_image")
+    assert client.predict("a red circle", 2, api_name="/search_text")["results"]
