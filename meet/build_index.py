@@ -13,6 +13,7 @@ throughout.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -35,25 +36,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    created = False
     try:
         from meet.data.loading import load_split
         from meet.index import build_pair
         from meet.inference import load
 
         if args.reciprocal_k is not None and args.reciprocal_k < 0:
-            raise ConfigError("--reciprocal-k must be 0 or more")
+            raise ConfigError("--reciprocal-k must be 0 or more", fix="0 skips the complementarity scores")
         if args.batch_size < 1:
-            raise ConfigError("--batch-size must be at least 1")
-        if args.out.exists() and any(args.out.iterdir()):
+            raise ConfigError("--batch-size must be at least 1", fix="e.g. --batch-size 256")
+        if args.out.is_dir() and any(args.out.iterdir()):
             raise ConfigError(f"--out {args.out} exists and is not empty", fix="choose a new folder")
+        try:  # fail before the (long) encoding if --out cannot be written
+            created = not args.out.exists()
+            args.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            created = False
+            raise ConfigError(f"cannot create --out {args.out}: {exc}",
+                              fix="choose a writable folder") from exc
         start = time.perf_counter()
         model = load(args.checkpoint, device=args.device)
         ds = load_split(args.data, args.split, model.cfg.model)
         image_index, text_index = build_pair(model, ds, reciprocal_k=args.reciprocal_k,
                                              batch_size=args.batch_size)
-        image_index.save(args.out / "image")
-        text_index.save(args.out / "text")
+        try:
+            image_index.save(args.out / "image")
+            text_index.save(args.out / "text")
+        except OSError as exc:
+            raise ConfigError(f"cannot write the index to {args.out}: {exc}",
+                              fix="free disk space or choose a writable folder") from exc
     except MEETError as exc:
+        if created:  # nothing half-written: a folder this run made goes again
+            shutil.rmtree(args.out, ignore_errors=True)
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"indexed {image_index.n_items} images and {text_index.n_items} captions in "

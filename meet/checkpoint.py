@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +29,29 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from meet.config import MEETConfig
+from meet.config import MEETConfig, validate
 from meet.data.vocab import Vocabulary
 from meet.errors import CheckpointError, MEETError
 from meet.model import MEET, build_model
 
 POINTER = "checkpoint.json"
 _PQ_PREFIXES = ("image_pq.", "text_pq.")
+
+FAULT_PAUSE_ENV = "MEET_FAULT_PAUSE_S"
+"""Test hook, unset in normal use: seconds :func:`save_checkpoint` sleeps at two points
+(inside the temporary folder once the weights are written, and right after the rename,
+before the caller updates ``checkpoint.json``), so ``tests/test_faults.py`` can SIGKILL
+training inside those windows reliably instead of hoping to hit a few milliseconds."""
+
+
+def _fault_pause() -> None:
+    """Sleep ``$MEET_FAULT_PAUSE_S`` seconds when the tests set it; no-op otherwise."""
+    try:
+        seconds = float(os.environ.get(FAULT_PAUSE_ENV, "") or 0)
+    except ValueError:
+        return
+    if seconds > 0:
+        time.sleep(seconds)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -69,6 +86,7 @@ def save_checkpoint(model: MEET, cfg: MEETConfig, folder: Path,
         weights = {k: v for k, v in state.items() if not k.startswith(_PQ_PREFIXES)}
         codebooks = {k: v for k, v in state.items() if k.startswith(_PQ_PREFIXES)}
         save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "meet-1"})
+        _fault_pause()
         save_file(codebooks, str(tmp / "codebooks.safetensors"), metadata={"format": "meet-1"})
         (tmp / "config.json").write_text(cfg.to_json())
         if model.vocab is not None:
@@ -90,6 +108,7 @@ def save_checkpoint(model: MEET, cfg: MEETConfig, folder: Path,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _fault_pause()
     return folder
 
 
@@ -105,9 +124,13 @@ def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
     if pointer.is_file():
         try:
             target = json.loads(pointer.read_text())[which]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
             raise CheckpointError(f"{pointer} is unreadable or has no {which!r} entry",
                                   fix="the run did not finish an epoch; train again") from exc
+        if not isinstance(target, str) or Path(target).is_absolute() or ".." in Path(target).parts:
+            raise CheckpointError(f"{pointer}: {which!r} is {target!r}, not a folder inside the run",
+                                  fix="the pointer file was edited; train again or point to a "
+                                      "checkpoint folder")
         return path / target
     raise CheckpointError(f"{path} holds no model.safetensors and no {POINTER}",
                           fix="point to a training run folder (RUN) or a checkpoint inside it")
@@ -118,14 +141,16 @@ def read_config(folder: Path) -> MEETConfig:
     if not path.is_file():
         raise CheckpointError(f"missing {path}", fix="the checkpoint folder is incomplete")
     try:
-        return MEETConfig.from_dict(json.loads(path.read_text()))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
+        return validate(MEETConfig.from_dict(json.loads(path.read_text(encoding="utf-8"))))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise CheckpointError(f"{path} is not a readable JSON file: {exc}",
+                              fix="the checkpoint is corrupt; re-save it or retrain") from exc
     except MEETError as exc:
         raise CheckpointError(f"{path}: {exc.message}", fix=exc.fix) from exc
 
 
-def _load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+def load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors, or :class:`CheckpointError` naming the file."""
     if not path.is_file():
         raise CheckpointError(f"missing {path}", fix="the checkpoint folder is incomplete")
     try:
@@ -148,9 +173,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     except MEETError:
         raise
     except Exception as exc:
-        raise CheckpointError(f"cannot rebuild the model of {folder}: {exc}") from exc
-    state = _load_tensors(folder / "model.safetensors")
-    state.update(_load_tensors(folder / "codebooks.safetensors"))
+        raise CheckpointError(f"cannot rebuild the model of {folder}: {exc}",
+                              fix="its config.json does not describe a model this version of meet "
+                                  "can build; re-save it or retrain") from exc
+    state = load_tensors(folder / "model.safetensors")
+    state.update(load_tensors(folder / "codebooks.safetensors"))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -193,7 +220,7 @@ def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
 
 def load_optimizer_state(folder: Path, optimizer: torch.optim.Optimizer) -> None:
     """Restore :func:`save_checkpoint`'s optimizer files into ``optimizer``."""
-    tensors = _load_tensors(Path(folder) / "optimizer.safetensors")
+    tensors = load_tensors(Path(folder) / "optimizer.safetensors")
     try:
         meta = json.loads((Path(folder) / "optimizer.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:

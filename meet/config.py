@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -251,7 +252,7 @@ class MEETConfig:
 
 def validate(cfg: MEETConfig) -> MEETConfig:
     """Reject values no run can use, naming the flag; returns ``cfg`` unchanged."""
-    m, lo, t = cfg.model, cfg.loss, cfg.train
+    m, lo, t, c = cfg.model, cfg.loss, cfg.train, cfg.cascade
     checks = [
         (m.image_encoder in ("precomp", "cnn", "hf"), "--image-encoder", "precomp, cnn or hf"),
         (m.text_encoder in ("bigru", "bert"), "--text-encoder", "bigru or bert"),
@@ -284,7 +285,21 @@ def validate(cfg: MEETConfig) -> MEETConfig:
         (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"), "--device", "auto, cpu or cuda"),
         (all(w >= 0 for w in t.family_weights.values()), "--family-weights", "non-negative weights"),
         (t.select_metric.count("/") == 1, "--select-metric", "mode/metric, e.g. dense/rsum"),
+        (min(lo.hash_ranking_weight, lo.beta1, lo.beta2, lo.binary_weight) >= 0,
+         "--hash-ranking-weight/--beta1/--beta2/--binary-weight", "non-negative loss weights"),
+        (lo.sum_violation_epochs >= 0 and lo.filter_start_epoch >= 0,
+         "--sum-violation-epochs/--filter-start-epoch", "non-negative epoch numbers"),
+        (0 <= t.seed < 2**32, "--seed", "an integer in [0, 2**32)"),
+        (min(c.hamming_rate_i2t, c.hamming_rate_t2i, c.pq_rate_i2t, c.pq_rate_t2i) > 0,
+         "--hamming-rate-*/--pq-rate-*", "positive rates (<= 1 a fraction, > 1 a count)"),
+        (min(c.top_z_i2t, c.top_z_t2i, c.reciprocal_k) >= 0, "--top-z-*/--reciprocal-k", "0 or more"),
+        (c.consistency_temperature > 0, "--consistency-temperature", "a positive temperature"),
     ]
+    not_finite = [name for section in (m, lo, t, c) for name, value in dataclasses.asdict(section).items()
+                  if isinstance(value, float) and not math.isfinite(value)]
+    if not_finite:
+        raise ConfigError(f"invalid value for --{not_finite[0].replace('_', '-')}",
+                          fix="expected a finite number (not nan or inf)")
     for ok, flag, expected in checks:
         if not ok:
             raise ConfigError(f"invalid value for {flag}", fix=f"expected {expected}")
@@ -299,7 +314,27 @@ def _build_section(klass: type, values: Any, name: str) -> Any:
     if unknown:
         raise ConfigError(f"unknown key(s) {sorted(unknown)} in config section {name!r}",
                           fix="the checkpoint was written by another version, or the file was edited")
+    defaults = klass()
+    for key, value in values.items():
+        expected = type(getattr(defaults, key))
+        if not _has_type(value, expected):
+            raise ConfigError(f"config field {name}.{key} must be {expected.__name__}, got {value!r}",
+                              fix="the file was edited or written by another tool; fix the value")
     return klass(**values)
+
+
+def _has_type(value: Any, expected: type) -> bool:
+    """JSON-typed check: ints pass as floats, bools never pass as numbers, and a dict
+    (``family_weights``) maps strings to numbers."""
+    if isinstance(value, bool) or expected is bool:
+        return isinstance(value, bool) and expected is bool
+    if expected is float:
+        return isinstance(value, (int, float))
+    if expected is dict:
+        return isinstance(value, dict) and all(
+            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+            for k, v in value.items())
+    return isinstance(value, expected)
 
 
 def field_index() -> dict[str, str]:

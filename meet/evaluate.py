@@ -336,6 +336,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _first_existing(path: Path) -> Path:
+    """``path`` or its nearest existing ancestor."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -346,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [m for m in modes if m not in MODES]
         if unknown or not modes:
             raise ConfigError(f"unknown mode(s) {unknown}", fix=f"--modes takes {','.join(MODES)}")
+        if args.json is not None and (args.json.is_dir() or _first_existing(args.json.parent).is_file()):
+            raise ConfigError(f"--json {args.json} cannot be written (a folder, or under a file)",
+                              fix="pass a file path in a writable folder")
         model = load(args.checkpoint, device=args.device)
         ds = load_split(args.data, args.split, model.cfg.model, image_dir=args.image_dir)
         results = evaluate(model, ds, modes, args.protocol, progress=True)
@@ -354,10 +364,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(format_table(results))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.json.with_name(args.json.name + ".tmp")
-        tmp.write_text(json.dumps(results, indent=2, sort_keys=True))
-        tmp.replace(args.json)
+        try:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(results, indent=2, sort_keys=True))
+            tmp.replace(args.json)
+        except OSError as exc:
+            if tmp.is_file():
+                tmp.unlink()
+            print(f"error: cannot write --json {args.json}: {exc} (choose a writable path)", file=sys.stderr)
+            return 2
         print(f"wrote {args.json}")
     return 0
 

@@ -107,6 +107,8 @@ def read_header(folder: Path) -> dict[str, Any]:
         raise DataError(f"{path} is not a {FORMAT} header (format={header.get('format')!r})"
                         if isinstance(header, dict) else f"{path} is not a JSON object",
                         fix="rebuild the index with this version of meet")
+    if not isinstance(header.get("ids", []), list) or not isinstance(header.get("arrays"), dict):
+        raise DataError(f"{path}: 'ids' or the 'arrays' manifest is malformed", fix="rebuild the index")
     return header
 
 
@@ -118,6 +120,12 @@ def read_arrays(folder: Path, header: dict[str, Any], mmap: bool = True,
     folder = Path(folder)
     arrays = {}
     for name, entry in header.get("arrays", {}).items():
+        # Only the layout write_index_folder makes: no file names from elsewhere (``../``).
+        if not (isinstance(entry, dict) and entry.get("file") == f"{name}.npy"
+                and isinstance(entry.get("bytes"), int) and isinstance(entry.get("sha256"), str)
+                and isinstance(entry.get("shape"), list) and isinstance(entry.get("dtype"), str)):
+            raise DataError(f"{folder / HEADER}: manifest entry {name!r} is malformed ({entry!r:.80})",
+                            fix="rebuild the index")
         path = folder / entry["file"]
         if not path.is_file():
             raise DataError(f"index file {path} is missing", fix="the index folder is incomplete; rebuild it")

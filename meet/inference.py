@@ -27,12 +27,19 @@ def select_device(name: str | None = "auto") -> torch.device:
         if torch.cuda.is_available():
             return torch.device("cuda")
         return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA device is available",
-                          fix="use --device cpu or auto")
     if name not in ("cpu", "cuda") and not str(name).startswith("cuda:"):
         raise ConfigError(f"unknown device {name!r}", fix="use auto, cpu or cuda")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:  # "cuda:x", "cuda:-1"
+        raise ConfigError(f"unknown device {name!r}", fix="use auto, cpu, cuda or cuda:N") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name} was asked for but no CUDA device is available",
+                          fix="use --device cpu or auto")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA devices",
+                          fix="use cuda:N with N below the device count")
+    return device
 
 
 @dataclass
@@ -71,6 +78,8 @@ class MEETModel:
     def encode_images(self, images: Sequence[Any], batch_size: int = 256,
                       progress: Callable[[int, int], None] | None = None) -> Encoded:
         """PIL images, image paths/bytes, or (for precomp models) feature arrays."""
+        images = self._as_items(images, "encode_images", allow_array=self.kind == "precomp")
+
         def batches():
             for start in range(0, len(images), batch_size):
                 chunk = images[start:start + batch_size]
@@ -88,9 +97,33 @@ class MEETModel:
         if isinstance(texts, str):
             raise DataError("encode_texts takes a list of strings, got one string",
                             fix="wrap it in a list: encode_texts([text])")
+        texts = self._as_items(texts, "encode_texts")
+        bad = next((i for i, text in enumerate(texts) if not isinstance(text, str)), None)
+        if bad is not None:
+            raise DataError(f"encode_texts: item {bad} is a {type(texts[bad]).__name__}, not a string",
+                            fix="pass captions as str (decode bytes first; use '' for a missing caption)")
         tokenize = self.model.text_encoder.tokenize
         batches = (tokenize(list(texts[s:s + batch_size])) for s in range(0, len(texts), batch_size))
         return self._encode(batches, "text", len(texts), batch_size, progress)
+
+    @staticmethod
+    def _as_items(items: Any, what: str, allow_array: bool = False) -> Sequence[Any]:
+        """``items`` as an indexable sequence, or :class:`DataError` for one bare item
+        (a string, bytes, a PIL image or, for raw-image models, one pixel array) or a
+        non-iterable: iterating those would silently encode their parts."""
+        from PIL import Image
+
+        single = (str, bytes, Path, Image.Image) + (() if allow_array else (np.ndarray,))
+        if isinstance(items, single):
+            raise DataError(f"{what} takes a list, got one {type(items).__name__}",
+                            fix=f"wrap it in a list: {what}([item])")
+        if isinstance(items, (list, tuple, np.ndarray)):
+            return items
+        try:
+            return list(items)
+        except TypeError as exc:
+            raise DataError(f"{what} takes a list, got {type(items).__name__}",
+                            fix=f"pass a list: {what}([item, ...])") from exc
 
     def _image_batch(self, chunk: Sequence[Any]) -> torch.Tensor:
         encoder = self.model.image_encoder

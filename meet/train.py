@@ -25,13 +25,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from meet.checkpoint import (POINTER, load_optimizer_state, read_config, read_pointer,
-                             save_checkpoint, write_json_atomic)
+from meet.checkpoint import (POINTER, load_optimizer_state, load_tensors, read_config,
+                             read_pointer, save_checkpoint, write_json_atomic)
 from meet.config import MEETConfig, field_index, preset, validate
 from meet.data.batches import PairBatches, epoch_pairs
 from meet.data.dataset import ImageTextDataset
 from meet.data.vocab import Vocabulary
-from meet.errors import ConfigError, MEETError
+from meet.errors import CheckpointError, ConfigError, MEETError
 from meet.evaluate import evaluate
 from meet.inference import MEETModel, select_device
 from meet.losses import MEETLoss
@@ -60,7 +60,9 @@ def _parse_weights(text: str) -> dict[str, float]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI: run flags plus one flag per config field (defaults from the preset)."""
-    parser = argparse.ArgumentParser(prog="python -m meet.train", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m meet.train", description=__doc__.split("\n\n")[0],
+        usage="%(prog)s --data DIR --out RUN [--preset NAME] [--resume] [--FIELD VALUE ...] (all flags: --help)")
     parser.add_argument("--data", type=Path, required=True, help="data set folder (Karpathy JSON or precomp)")
     parser.add_argument("--out", type=Path, required=True, help="run folder (created)")
     parser.add_argument("--preset", default="shapes-demo", help="shapes-demo (default), official or full")
@@ -127,14 +129,17 @@ class Trainer:
         return self.out / pointer["last"]
 
     def _restore(self) -> None:
-        from safetensors.torch import load_file
-
         folder = self._last_folder()
-        state = load_file(str(folder / "model.safetensors"))
-        state.update(load_file(str(folder / "codebooks.safetensors")))
+        state = load_tensors(folder / "model.safetensors")
+        state.update(load_tensors(folder / "codebooks.safetensors"))
         self.model.load_state_dict(state, strict=True)
         load_optimizer_state(folder, self.optimizer)
-        trainer = json.loads((folder / "trainer.json").read_text())
+        try:
+            trainer = json.loads((folder / "trainer.json").read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{folder / 'trainer.json'} is unreadable: {exc}",
+                                  fix="the checkpoint is damaged; delete it from checkpoint.json's "
+                                      "'last' or start a new run") from exc
         self.start_epoch = trainer["epoch"] + 1
         self.history, self.best = trainer["history"], trainer["best"]
 
@@ -286,9 +291,16 @@ def prepare_run(args: argparse.Namespace, main_process: bool = True) -> MEETConf
     out: Path = args.out
     if args.resume:
         pointer = read_pointer(out)
-        if "last" not in pointer:
+        if "last" in pointer:
+            saved = read_config(out / pointer["last"])
+        elif (out / "config.json").is_file():
+            # Killed before its first checkpoint: start over with the config it began with.
+            saved = read_config(out)
+            if main_process:
+                print(f"note: {out} holds no complete checkpoint yet; starting from epoch 1",
+                      file=sys.stderr)
+        else:
             raise ConfigError(f"nothing to resume in {out}", fix="run without --resume to start")
-        saved = read_config(out / pointer["last"])
         index = field_index()
         changed = {name for name, value in overrides.items() if name not in RESUMABLE_FLAGS
                    and getattr(getattr(saved, index[name]), name) != value}
@@ -313,13 +325,18 @@ def main(argv: list[str] | None = None) -> int:
                               "python -m meet.data.shapes --out DIR, or point to your data set")
         if main_process:
             created = not args.out.exists()
-            args.out.mkdir(parents=True, exist_ok=True)
-            if not os.access(args.out, os.W_OK):
-                raise ConfigError(f"--out {args.out} is not writable")
-            for stale in args.out.glob("checkpoints/.tmp-*"):
-                shutil.rmtree(stale, ignore_errors=True)
-            (args.out / "config.json").write_text(cfg.to_json())
-        trainer = Trainer(cfg, args.data, args.out, args.image_dir, args.val_split, resume=args.resume)
+            try:
+                args.out.mkdir(parents=True, exist_ok=True)
+                if not os.access(args.out, os.W_OK):
+                    raise PermissionError(f"no write permission for {args.out}")
+                for stale in args.out.glob("checkpoints/.tmp-*"):
+                    shutil.rmtree(stale, ignore_errors=True)
+                write_json_atomic(args.out / "config.json", cfg.to_dict())
+            except OSError as exc:
+                raise ConfigError(f"cannot write the run folder --out {args.out}: {exc}",
+                                  fix="choose a writable folder for --out") from exc
+        resume = args.resume and "last" in read_pointer(args.out)
+        trainer = Trainer(cfg, args.data, args.out, args.image_dir, args.val_split, resume=resume)
         best = trainer.run()
     except MEETError as exc:
         if created and not (args.out / POINTER).exists():

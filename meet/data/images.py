@@ -22,15 +22,23 @@ MAX_IMAGE_PIXELS = 40_000_000
 limit and warns above it, and we turn both into :class:`ImageError`."""
 
 
-def open_image(source: str | Path | bytes | Image.Image,
+def open_image(source: str | Path | bytes | Image.Image | np.ndarray,
                max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Open and fully decode an image as RGB, or raise :class:`ImageError`.
 
-    ``source`` is a path, raw bytes or a PIL image. Decoding happens here (not lazily
-    later), so a truncated or corrupt file fails at the place that names it.
+    ``source`` is a path, raw bytes, a PIL image or an ``(H, W[, 3|4])`` array.
+    Decoding happens here (not lazily later), so a truncated or corrupt file fails at
+    the place that names it.
     ``max_pixels``: a stricter size limit (the app's uploads), checked from the header
     before any pixel is decoded.
     """
+    if isinstance(source, (bytearray, memoryview)):
+        source = bytes(source)
+    elif isinstance(source, np.ndarray):
+        source = _from_array(source)
+    elif not isinstance(source, (str, Path, bytes, Image.Image)):
+        raise ImageError(f"cannot read an image from a {type(source).__name__}",
+                         fix="pass a file path, the file's bytes, a PIL image or a uint8 array")
     name = "<bytes>" if isinstance(source, bytes) else str(getattr(source, "filename", "") or source)
     if isinstance(source, Image.Image):
         img = source
@@ -58,6 +66,9 @@ def open_image(source: str | Path | bytes | Image.Image,
             raise ImageError(f"cannot decode image {name}: {exc}",
                              fix="the file is not a readable PNG/JPEG/... image") from exc
     try:
+        if img.width == 0 or img.height == 0:
+            raise ImageError(f"image {name} has no pixels ({img.width}x{img.height})",
+                             fix="pass an image at least 1x1 pixels large")
         if img.width * img.height > min(max_pixels, MAX_IMAGE_PIXELS):
             raise ImageError(f"image too large: {name} is {img.width}x{img.height}",
                              fix=f"use an image under {min(max_pixels, MAX_IMAGE_PIXELS):,} pixels")
@@ -65,7 +76,20 @@ def open_image(source: str | Path | bytes | Image.Image,
     except ImageError:
         raise
     except Exception as exc:
-        raise ImageError(f"cannot convert image {name} to RGB: {exc}") from exc
+        raise ImageError(f"cannot convert image {name} to RGB: {exc}",
+                         fix="the image is truncated or in a mode PIL cannot convert; re-save it "
+                             "as PNG or JPEG") from exc
+
+
+def _from_array(array: np.ndarray) -> Image.Image:
+    """A PIL image from an ``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)`` array (what Gradio
+    and numpy pipelines hand over), or :class:`ImageError`."""
+    try:
+        return Image.fromarray(np.ascontiguousarray(array))
+    except Exception as exc:  # PIL raises TypeError/ValueError/KeyError for odd arrays
+        raise ImageError(f"cannot read an image from an array of shape {array.shape} and dtype "
+                         f"{array.dtype} ({exc})",
+                         fix="pass an (H, W) or (H, W, 3|4) uint8 array") from exc
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -73,7 +97,9 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     on white (a transparent background should not read as black)."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
+        finite = np.isfinite(arr)  # a NaN/inf pixel (float TIFF) must not poison min/max
+        lo, hi = (float(arr[finite].min()), float(arr[finite].max())) if finite.any() else (0.0, 0.0)
+        arr = np.where(finite, arr, lo)
         arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
         img = Image.fromarray(arr.astype(np.uint8), mode="L")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):

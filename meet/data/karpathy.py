@@ -153,7 +153,7 @@ def _read_json(path: Path) -> dict:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read {path}: {exc}") from exc
+        raise DataError(f"cannot read {path}: {exc}", fix="save it as UTF-8 JSON") from exc
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -163,20 +163,35 @@ def _read_json(path: Path) -> dict:
         raise DataError(f"{path} has no top-level 'images' key",
                         fix="expected the Karpathy split layout: {\"images\": [...]}")
     if not isinstance(data["images"], list):
-        raise DataError(f"{path}: 'images' must be a list, got {type(data['images']).__name__}")
+        raise DataError(f"{path}: 'images' must be a list, got {type(data['images']).__name__}",
+                        fix="expected the Karpathy split layout: {\"images\": [...]}")
     return data
 
 
 def _check_entries(entries: list, json_path: Path) -> None:
-    """Every entry is a dict with a string ``filename`` and ``split`` and a list of ``sentences``."""
+    """Every entry is a dict with a string ``filename`` and ``split``, a list of
+    ``sentences`` and an optional string ``filepath``; ``filepath/filename`` must stay
+    inside the image folder (no absolute paths, no ``..``), so a data set file cannot
+    make the loader, or an app serving its images, read files elsewhere."""
     for k, entry in enumerate(entries):
         if not isinstance(entry, dict):
-            raise DataError(f"{json_path}: images[{k}] is a {type(entry).__name__}, not an object")
+            raise DataError(f"{json_path}: images[{k}] is a {type(entry).__name__}, not an object",
+                            fix="each item of 'images' must be an object with filename, split, sentences")
         for key, kind in (("filename", str), ("split", str), ("sentences", list)):
             if not isinstance(entry.get(key), kind) or (kind is str and not entry[key]):
                 label = entry.get("filename", "?")
                 raise DataError(f"{json_path}: images[{k}] (filename {label!r}) lacks a valid {key!r}",
                                 fix="every image entry needs 'filename', 'split' and 'sentences'")
+        filepath = entry.get("filepath") or ""
+        if not isinstance(filepath, str):
+            raise DataError(f"{json_path}: images[{k}] (filename {entry['filename']!r}) has a "
+                            f"{type(filepath).__name__} 'filepath'",
+                            fix="'filepath' must be a folder name string")
+        relative = Path(filepath, entry["filename"])
+        if relative.is_absolute() or ".." in relative.parts or "\x00" in str(relative):
+            raise DataError(f"{json_path}: images[{k}] has an unsafe image path {str(relative)!r}",
+                            fix="'filepath' and 'filename' must be relative names inside the data "
+                                "folder (no leading '/', no '..', no NUL)")
 
 
 def _parse_entries(selected: list[dict], json_path: Path, split: str) -> dict[str, Any]:
@@ -213,6 +228,10 @@ def _parse_entries(selected: list[dict], json_path: Path, split: str) -> dict[st
     _fail_on_duplicates([e["filename"] for e in kept], "image file names", json_path, split)
     if any(s is None for s in sentids):
         caption_ids = list(range(len(captions)))  # no sentid: fall back to the running index
+    elif not all(isinstance(s, int) and not isinstance(s, bool) for s in sentids):
+        bad = next(s for s in sentids if not isinstance(s, int) or isinstance(s, bool))
+        raise DataError(f"{json_path}: split {split!r} has a sentid that is not an integer: {bad!r}",
+                        fix="sentids must be integers (or be left out everywhere)")
     else:
         _fail_on_duplicates(sentids, "sentids", json_path, split)
         caption_ids = [int(s) for s in sentids]

@@ -54,13 +54,21 @@ class PrecompRegionEncoder(nn.Module):
             raise DataError("preprocess_features got an empty list of feature arrays")
         tensors = []
         for index, item in enumerate(features):
-            tensor = torch.as_tensor(np.asarray(item) if not torch.is_tensor(item) else item)
+            tensor = _real_tensor(item, index)
             if tensor.dim() not in (1, 2):
                 raise ConfigError(f"feature array {index} has shape {tuple(tensor.shape)}, "
                                   f"expected (n_regions, {self.precomp_dim}) or "
-                                  f"({self.precomp_dim},)")
+                                  f"({self.precomp_dim},)", fix="pass one array per image")
             self._check_width(tuple(tensor.shape), f"feature array {index}")
-            tensors.append(tensor.reshape(-1, self.precomp_dim).to(torch.float32))
+            shape = tuple(tensor.shape)
+            tensor = tensor.reshape(-1, self.precomp_dim).to(torch.float32)
+            if tensor.shape[0] == 0:
+                raise DataError(f"feature array {index} has no regions (shape {shape})",
+                                fix="every image needs at least one region feature")
+            if not torch.isfinite(tensor).all():
+                raise DataError(f"feature array {index} has NaN or inf values (after conversion to float32)",
+                                fix="regenerate the features of that image")
+            tensors.append(tensor)
         n_regions = {t.shape[0] for t in tensors}
         if len(n_regions) > 1:
             raise DataError(f"feature arrays have different region counts {sorted(n_regions)}",
@@ -82,3 +90,17 @@ class PrecompRegionEncoder(nn.Module):
 
     def save_extra(self, directory: Path) -> None:
         """Nothing to write: the config alone rebuilds the architecture."""
+
+
+def _real_tensor(item: object, index: int) -> torch.Tensor:
+    """A real-valued tensor from an array-like, or :class:`DataError`: strings, None,
+    ragged lists and complex values are not feature vectors."""
+    try:
+        tensor = item if torch.is_tensor(item) else torch.as_tensor(np.asarray(item))
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"feature array {index} is not a numeric array ({exc})",
+                        fix="pass float arrays of shape (n_regions, precomp_dim)") from exc
+    if tensor.is_complex():
+        raise DataError(f"feature array {index} is complex ({tensor.dtype})",
+                        fix="pass real-valued float arrays")
+    return tensor

@@ -7,6 +7,7 @@ attention pooling decides how much each counts.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from meet.errors import CheckpointError, ConfigError, DataError
 
 BERT_CONFIG_FILE = "bert_config.json"
 TOKENIZER_DIR = "tokenizer"
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class BertTextEncoder(FrozenBackboneMixin, nn.Module):
@@ -47,7 +49,9 @@ class BertTextEncoder(FrozenBackboneMixin, nn.Module):
         if isinstance(texts, str):
             raise DataError("tokenize expects a list of captions, got one string",
                             fix="wrap it in a list")
-        batch = self.tokenizer(list(texts), padding=True, truncation=True,
+        # Lone surrogates (from a bad decode upstream) make the Rust tokenizer raise.
+        texts = [_LONE_SURROGATE.sub("\ufffd", text) for text in texts]
+        batch = self.tokenizer(texts, padding=True, truncation=True,
                                max_length=self.max_text_len, return_tensors="pt")
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
