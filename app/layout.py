@@ -20,8 +20,8 @@ def header(state: AppState) -> str:
             f"({cfg.model.image_encoder} + {cfg.model.text_encoder}, {cfg.model.n_bits}-bit codes, "
             f"{cfg.model.n_codebooks} x {cfg.model.codebook_size} codebooks). Gallery: "
             f"{gallery.dataset.n_images:,} images and {gallery.dataset.n_captions:,} captions "
-            f"({gallery.dataset.name}/{gallery.dataset.split}); {truth}. Ready in "
-            f"{state.startup_seconds['total']:.1f} s.")
+            f"({gallery.dataset.name}/{gallery.dataset.split}); {truth}. Model, gallery and index "
+            f"loaded in {state.startup_seconds['total']:.1f} s.")
 
 
 def build_demo(state: AppState) -> gr.Blocks:

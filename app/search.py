@@ -131,6 +131,8 @@ def image_search(state: AppState, image: Any, k: int = 10, cascade: CascadeConfi
     if gallery.texts.n_items == 0:
         raise DataError("this gallery has no captions to search",
                         fix="open the app with --captions (or a Karpathy-JSON data set)")
+    if isinstance(image, float) and image.is_integer():  # a gr.Number value
+        image = int(image)
     if isinstance(image, (int, np.integer)) and not isinstance(image, bool):
         position = int(image)
         if not 0 <= position < gallery.dataset.n_images:

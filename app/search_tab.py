@@ -100,14 +100,13 @@ def image_results(state: AppState, outcome: SearchOutcome, which: str = "result"
 
 
 def caption_results(state: AppState, outcome: SearchOutcome, which: str = "result") -> list[list[Any]]:
-    """Rows [rank, caption, score, relevant] for a gr.Dataframe, best first."""
+    """Rows [rank, caption (ticked or crossed by ground truth), score] for a gr.Dataframe."""
     result = outcome.result if which == "result" else outcome.dense
     rows = []
     for rank, (pos, score) in enumerate(zip(result.ids[0], result.scores[0]), start=1):
         if pos < 0:
             continue
-        truth = "" if outcome.relevant is None else ("✓" if outcome.relevant[pos] else "✗")
-        rows.append([rank, state.gallery.dataset.captions[pos], round(float(score), 4), truth])
+        rows.append([rank, _mark(outcome, pos) + state.gallery.dataset.captions[pos], round(float(score), 3)])
     return rows
 
 
@@ -193,17 +192,17 @@ def _text_panel(state: AppState, last_outcome: gr.State) -> None:
 
 
 def _image_panel(state: AppState, last_outcome: gr.State) -> None:
-    picked = gr.State(None)
     with gr.Row():
         with gr.Column(scale=2):
             with gr.Tab("Gallery image"):
                 picker = gr.Gallery([(state.gallery.image_paths[i], state.gallery.images.ids[i])
                                      for i in range(min(PICKER_IMAGES, len(state.gallery.image_paths)))],
-                                    columns=8, height=260, allow_preview=False, label="Click an image",
+                                    columns=8, height=260, allow_preview=False,
+                                    label="Click an image to search with it",
                                     elem_id="image-picker")
                 number = gr.Number(label="or its number in the gallery", precision=0, minimum=0,
                                    maximum=max(0, state.gallery.dataset.n_images - 1))
-                gallery_button = gr.Button("Search with this gallery image", variant="primary")
+                gallery_button = gr.Button("Search with image number", variant="primary")
             with gr.Tab("Upload"):
                 upload = gr.Image(type="filepath", label="Your image", sources=["upload", "clipboard"])
                 upload_button = gr.Button("Search with the upload", variant="primary")
@@ -213,10 +212,10 @@ def _image_panel(state: AppState, last_outcome: gr.State) -> None:
         with gr.Column(scale=3):
             info = gr.Markdown(elem_id="image-summary")
             with gr.Row():
-                headers = ["rank", "caption", "score", "relevant"]
+                headers = ["rank", "caption (✓ relevant, ✗ not, by ground truth)", "score"]
                 ranked = gr.Dataframe(headers=headers, label="MEET ranking", wrap=True, elem_id="image-results")
                 dense = gr.Dataframe(headers=headers, label="Dense-only ranking", wrap=True)
-            funnel = gr.Plot(label="The cascade for this query")
+            funnel = gr.Plot(label="The cascade for this query", elem_id="image-funnel")
     controls = Controls(state, "i2t")
     last_image = gr.State(None)
     """The last image searched with (a gallery position, a file path or a sketch array):
@@ -226,11 +225,12 @@ def _image_panel(state: AppState, last_outcome: gr.State) -> None:
     live = guarded(lambda image, *c: (*run_image(state, image, *c), image), outputs=len(outputs),
                    skip_if_empty=True)
 
-    def select(event: gr.SelectData) -> tuple[int, int]:
-        return event.index, event.index
-    picker.select(select, None, [picked, number], api_visibility="private")
-    number.change(lambda n: None if n is None else int(n), number, picked, api_visibility="private")
-    for source, button in ((picked, gallery_button), (upload, upload_button), (sketch, sketch_button)):
+    def pick(k: Any, mode: str, hamming: float, pq: float, top_z: float, alpha: float, beta: float,
+             event: gr.SelectData) -> tuple:
+        """A click on a picker image searches with it at once (no race with a button)."""
+        return (*run_image(state, event.index, k, mode, hamming, pq, top_z, alpha, beta), event.index)
+    picker.select(guarded(pick, outputs=len(outputs)), controls.inputs, outputs, api_visibility="private")
+    for source, button in ((number, gallery_button), (upload, upload_button), (sketch, sketch_button)):
         button.click(handler, [source, *controls.inputs], outputs, api_visibility="private")
     for control in controls.live:
         control.change(live, [last_image, *controls.inputs], outputs, api_visibility="private",

@@ -142,7 +142,7 @@ def test_search_tab_handlers(app_state):
     assert len(ranked) == len(dense) == 10 and ranked[0][1][0] in "✓✗"
     assert funnel.data and "Hamming" in text
     rows, dense_rows, funnel, text, outcome = search_tab.run_image(app_state, 5, *controls)
-    assert len(rows) == 10 and rows[0][3] in "✓✗"
+    assert len(rows) == 10 and rows[0][1][0] in "✓✗" and isinstance(rows[0][2], float)
 
 
 def test_redundancy_tab_numbers(app_state):
