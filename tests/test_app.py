@@ -122,7 +122,8 @@ def test_guarded_handlers_turn_errors_into_messages():
         raise KeyError("internal detail")
     with pytest.raises(gr.Error, match="the query is empty. What to do: type a caption"):
         guarded(fails_for_user, outputs=1, in_page=False)()
-    kept = guarded(fails_for_user, outputs=2)()  # in the page: a warning, the outputs unchanged
+    with pytest.warns(UserWarning, match="the query is empty"):  # gr.Warning outside a request
+        kept = guarded(fails_for_user, outputs=2)()  # in the page: a warning, the outputs unchanged
     assert kept == (gr.skip(), gr.skip())
     with pytest.raises(gr.Error) as info:
         guarded(has_a_bug, outputs=1)()
