@@ -31,7 +31,7 @@ from meet.config import MEETConfig, field_index, preset, validate
 from meet.data.batches import PairBatches, epoch_pairs
 from meet.data.dataset import ImageTextDataset
 from meet.data.vocab import Vocabulary
-from meet.errors import CheckpointError, ConfigError, MEETError
+from meet.errors import CheckpointError, ConfigError, DataError, MEETError
 from meet.evaluate import evaluate
 from meet.inference import MEETModel, select_device
 from meet.losses import MEETLoss
@@ -99,6 +99,12 @@ class Trainer:
         if cfg.train.max_train_images:
             self.train_ds = self.train_ds.subset(range(min(cfg.train.max_train_images, self.train_ds.n_images)))
         self.val_ds = load_split(data, val_split, cfg.model, image_dir=image_dir)
+        for name, ds in (("training", self.train_ds), ("validation", self.val_ds)):
+            if ds.n_images == 0 or ds.n_captions == 0:
+                raise DataError(f"the {name} split of {data} has {ds.n_images} images and {ds.n_captions} "
+                                "captions; training needs both",
+                                fix="use a Karpathy-JSON data set (dataset.json with splits) or precomp "
+                                    "features; a plain image folder is a search gallery, not training data")
         for ds in (self.train_ds, self.val_ds):
             if ds.kind == "raw":
                 ds.preload(progress=self.main_process)

@@ -215,8 +215,6 @@ def test_shapes_cli(scratch, flag, value):
     _run("cli: python -m meet.data.shapes", main, argv, scratch, [out])
 
 
-@pytest.mark.xfail(strict=True, reason="meet/data/shapes/writer.py creates --out's parent and its staging "
-                   "folder outside its error handling (fix proposed to the file's owner)")
 @pytest.mark.parametrize("where", ["<scratch>/a-file/shapes", "/proc/meet-shapes"])
 def test_shapes_cli_unwritable_out(scratch, where):
     from meet.data.shapes import main

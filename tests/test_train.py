@@ -105,3 +105,10 @@ def test_crash_while_saving_keeps_the_previous_checkpoint(tiny_run, tmp_path, mo
         save_checkpoint(model, cfg, folder)
     assert (folder / "model.safetensors").read_bytes() == before
     assert not list(folder.parent.glob(".tmp-*"))
+
+
+def test_a_plain_image_folder_is_refused_as_training_data(tiny_shapes, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    shutil.copytree(tiny_shapes / "images", folder)
+    assert main(["--data", str(folder), "--out", str(tmp_path / "run"), *TINY_FLAGS]) != 0
+    assert "0 captions" in capsys.readouterr().err and not (tmp_path / "run").exists()

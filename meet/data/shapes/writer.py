@@ -156,8 +156,12 @@ def generate(out_dir: str | Path, n_train: int = 20000, n_val: int = 1000, n_tes
     if _non_empty(out) and not overwrite:
         raise ConfigError(f"output folder {out} exists and is not empty",
                           fix="choose another folder or pass --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as exc:
+        raise DataError(f"cannot write the data set under {out.parent}: {exc.strerror or exc}",
+                        fix="choose an --out folder in a writable place") from exc
     try:
         staging.chmod(0o755)  # mkdtemp makes it private; the data set is not
         (staging / "images").mkdir()
