@@ -240,3 +240,11 @@ def test_hf_errors_name_the_field(tmp_path, bert_dir):
         build_image_encoder(ModelConfig(image_encoder="hf", vision_backbone=""))
     with pytest.raises(ConfigError, match="vision_backbone"):
         build_image_encoder(_vision_cfg(tmp_path / "missing"))
+
+
+def test_a_vit_with_another_image_size_is_a_clear_config_error(vit_dir):
+    from meet.encoders import build_image_encoder
+    from meet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--image-size 32"):
+        build_image_encoder(_vision_cfg(vit_dir, image_size=64))

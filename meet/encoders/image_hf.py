@@ -47,11 +47,23 @@ VISION_CONFIG_FILE = "vision_config.json"
 IMAGE_PROCESSOR_DIR = "image_processor"
 
 
+def _check_image_size(config: Any, image_size: int) -> None:
+    """A ViT-like backbone has a fixed input size (position embeddings); a different
+    ``image_size`` would fail deep inside transformers at the first batch."""
+    wanted = getattr(config, "image_size", None)
+    if isinstance(wanted, (list, tuple)):
+        wanted = wanted[0] if len(set(wanted)) == 1 else None
+    if isinstance(wanted, int) and "patch_size" in config.to_dict() and wanted != image_size:
+        raise ConfigError(f"the vision backbone takes {wanted} px images, but image_size is {image_size}",
+                          fix=f"pass --image-size {wanted}")
+
+
 class HFVisionEncoder(FrozenBackboneMixin, nn.Module):
     """``pixel_values`` (float) or uint8 images -> ``(batch, embed_dim)`` unit vectors."""
 
     def __init__(self, backbone: nn.Module, processor: Any | None, cfg: ModelConfig):
         super().__init__()
+        _check_image_size(backbone.config, cfg.image_size)
         self.backbone = backbone
         self.processor = processor
         self.image_size = cfg.image_size
