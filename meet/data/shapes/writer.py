@@ -160,8 +160,8 @@ def generate(out_dir: str | Path, n_train: int = 20000, n_val: int = 1000, n_tes
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     except OSError as exc:
-        raise DataError(f"cannot write the data set under {out.parent}: {exc.strerror or exc}",
-                        fix="choose an --out folder in a writable place") from exc
+        raise ConfigError(f"cannot write the data set under {out.parent}: {exc.strerror or exc}",
+                          fix="choose an --out folder in a writable place") from exc
     try:
         staging.chmod(0o755)  # mkdtemp makes it private; the data set is not
         (staging / "images").mkdir()
