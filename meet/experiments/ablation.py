@@ -1,0 +1,294 @@
+"""The ablation: ``python -m meet.experiments ablation --data DIR --out DIR``.
+
+Trains the small Shapes models of :mod:`meet.experiments.settings` (full MEET, then one
+part removed at a time, then other n_bits), evaluates each on the test split in every
+retrieval mode, sweeps the cascade rates R and q on the full model without retraining,
+and writes the table and figures (:mod:`meet.experiments.report`).
+
+Resumable at three grains, so a killed run never starts over: a model's training
+continues from its last complete epoch (``meet.train``'s checkpoints), a model's test
+evaluation is cached in ``OUT/results/model-*.json``, and each sweep point in
+``OUT/results/sweep-*.json``. Whatever is cached is skipped.
+
+Output folder::
+
+    settings.json              what was run (a folder with other settings is refused)
+    ablation.json, ablation.md the table: one row per variant / sweep point
+    figures/*.json, *.html     plotly figures (JSON for notebooks, HTML for a browser)
+    results/*.json             per-model and per-sweep-point metrics (the cache)
+    runs/<model>-s<seed>/      training runs with checkpoints (``--runs`` moves them)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from meet.checkpoint import read_pointer, write_json_atomic
+from meet.config import MEETConfig
+from meet.errors import ConfigError, DataError, MEETError
+from meet.experiments.settings import (QUICK, AblationSettings, check_settings, model_variants,
+                                       small_config, sweep_point)
+
+Step = Callable[[str], None]
+
+EPILOG = """Without a Shapes data set in --data (missing or empty folder), the data the ablation
+needs is generated there first (meet.data.shapes.ensure_shapes: 4,000 train, 300 val and
+1,000 test images at 32 px by default). Re-running with the same --out resumes: cached
+results are skipped and unfinished training continues from its last epoch. The full
+default run trains 8 small models (about 2 min each on an idle 2-core CPU)."""
+
+
+# ----------------------------------------------------------------------------- data
+def prepare_data(data: Path, settings: AblationSettings, progress: bool = True) -> Path:
+    """The Shapes data set in ``data``; generated (``ensure_shapes``) when ``data`` is
+    missing or an empty folder, with the settings' split sizes and image size."""
+    if not data.exists() or (data.is_dir() and not any(data.iterdir())):
+        from meet.data.shapes import ensure_shapes
+
+        return ensure_shapes(data, n_train=settings.n_train, n_val=settings.n_val,
+                             n_test=settings.n_test, seed=settings.data_seed,
+                             image_size=max(settings.image_size, 32), progress=progress)
+    if not (data / "dataset.json").is_file():
+        raise DataError(f"--data {data} is neither empty nor a Shapes data set (no dataset.json)",
+                        fix="point --data at an empty or missing folder to generate one, or at "
+                            "the output of python -m meet.data.shapes")
+    return data
+
+
+def load_test_split(data: Path, cfg: MEETConfig, n_test: int) -> Any:
+    """The first ``n_test`` test images with their captions, decoded once, with ground truth."""
+    from meet.data.loading import load_split
+
+    ds = load_split(data, "test", cfg.model)
+    if ds.scenes is None or ds.caption_facts is None:
+        raise DataError(f"{data} has no Shapes ground truth (scenes and caption facts)",
+                        fix="the ablation measures ground-truth mAP@R: use a Shapes data set")
+    if ds.n_images > n_test:
+        ds = ds.subset(range(n_test))
+    return ds.preload(progress=False)
+
+
+# ----------------------------------------------------------------------------- training
+def _finished(run: Path, epochs: int) -> bool:
+    last = read_pointer(run).get("last")
+    return bool(last) and int(last.rsplit("-", 1)[1]) + 1 >= epochs
+
+
+def train_model(cfg: MEETConfig, data: Path, run: Path, n_val: int) -> dict[str, Any]:
+    """Train (or finish training) one model into ``run``; returns its training record.
+
+    A run with a complete checkpoint resumes from it (same result as uninterrupted, see
+    ``meet.train --resume``); one without any is started afresh. Validation uses the
+    first ``n_val`` val images, so checkpoint selection stays cheap and never sees test.
+    """
+    from meet.train import Trainer
+
+    if not _finished(run, cfg.train.epochs):
+        resume = "last" in read_pointer(run)
+        if not resume:
+            shutil.rmtree(run, ignore_errors=True)
+            run.mkdir(parents=True)
+            (run / "config.json").write_text(cfg.to_json())
+        for stale in run.glob("checkpoints/.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        trainer = Trainer(cfg, data, run, resume=resume)
+        if trainer.val_ds.n_images > n_val:
+            trainer.val_ds = trainer.val_ds.subset(range(n_val))
+        trainer.run()
+    pointer = read_pointer(run)
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+    return {"best_epoch": pointer["best_epoch"], "select_metric": pointer["select_metric"],
+            "best_val_score": pointer["best_score"],
+            "train_seconds": sum(r.get("epoch_seconds", 0.0) for r in history),
+            "train_images": cfg.train.max_train_images, "epochs": cfg.train.epochs}
+
+
+# ----------------------------------------------------------------------------- evaluation
+def evaluate_model(run: Path, test_ds: Any, device: str) -> dict[str, dict[str, float]]:
+    """Every retrieval mode of the run's best checkpoint on the test split."""
+    import meet
+    from meet.evaluate import MODES, evaluate
+
+    return evaluate(meet.load(run, device=device), test_ds, MODES)
+
+
+SWEEP_MODES = ("cascade", "meet")
+
+
+def evaluate_sweep(run: Path, test_ds: Any, points: list[tuple[str, float, Path]], device: str,
+                   step: Step) -> None:
+    """Evaluate the cascade modes of one model at each (kind, rate) point, writing each
+    point's metrics to its cache path as soon as it is measured. The split is encoded and
+    indexed once; only the cascade rates change between points."""
+    import meet
+    from meet.evaluate import (encode_dataset, evaluate_mode, filter_drops, gallery_pair,
+                               shapes_relevance)
+
+    model = meet.load(run, device=device)
+    images, texts = encode_dataset(model, test_ds)
+    relevance = shapes_relevance(test_ds)
+    pair = gallery_pair(model, images, texts)
+    for kind, rate, path in points:
+        step(f"sweep {kind} rate {rate:g}")
+        point = copy.copy(model)
+        point.cfg = model.cfg.override(**sweep_point(kind, rate))
+        modes = {mode: evaluate_mode(mode, point, test_ds, images, texts, "full", relevance, pair)
+                 for mode in SWEEP_MODES}
+        drops = filter_drops(point, pair, images, texts, relevance)
+        for values in modes.values():
+            values.update(drops)
+        write_json_atomic(path, {"kind": kind, "rate": rate, "modes": modes,
+                                 "cascade": dataclasses.asdict(point.cfg.cascade)})
+
+
+# ----------------------------------------------------------------------------- the run
+RESULT_DEFINING = ("n_train", "n_val", "n_test", "image_size", "epochs", "data_seed", "quick",
+                   "model_overrides")
+"""Settings that change what a cached result means. The others (seeds, noise seeds, the
+n_bits values, the rates) only add or drop results, each cached under its own name, so
+they may change between runs of the same folder."""
+
+
+def _check_out(out: Path, settings: AblationSettings) -> None:
+    """Refuse an output folder whose cached results were measured under other settings."""
+    path = out / "settings.json"
+    if path.is_file():
+        saved, wanted = json.loads(path.read_text()), settings.to_dict()
+        changed = sorted(k for k in RESULT_DEFINING if saved.get(k) != wanted.get(k))
+        if changed:
+            raise ConfigError(f"{out} holds ablation results of other settings (differ in {changed})",
+                              fix="use another --out, or delete that folder to start over")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, settings.to_dict())
+
+
+def run_ablation(data: Path, out: Path, settings: AblationSettings, runs: Path | None = None,
+                 device: str = "auto", progress: bool = True) -> dict[str, Any]:
+    """Run (or finish) the whole ablation; returns the table written to ``out``."""
+    from tqdm.auto import tqdm
+
+    from meet.experiments import report
+
+    check_settings(settings)
+    _check_out(out, settings)
+    runs = runs or out / "runs"
+    (out / "results").mkdir(exist_ok=True)
+    data = prepare_data(data, settings, progress)
+    variants = {name: cfg.override(device=device) for name, cfg in model_variants(settings).items()}
+    test_ds = load_test_split(data, next(iter(variants.values())), settings.n_test)
+    sweep = [("hamming", r) for r in settings.hamming_rates] + [("pq", r) for r in settings.pq_rates]
+    noise_seeds = [s for s in settings.noise_seeds if s not in settings.seeds]
+    total = len(settings.seeds) * (2 * len(variants) + len(sweep)) + 2 * len(noise_seeds)
+    bar = tqdm(total=total, desc="ablation", unit="step", disable=not progress)
+
+    def step(what: str) -> None:
+        bar.set_postfix_str(what)
+        bar.update(1)
+
+    def model_result(name: str, seed: int) -> dict[str, Any]:
+        """Train and evaluate one (model, seed), or read its cached result."""
+        path = out / "results" / f"model-{name}-s{seed}.json"
+        if path.is_file():
+            bar.update(2)
+        else:
+            cfg, run = variants[name].override(seed=seed), runs / f"{name}-s{seed}"
+            step(f"train {name} (seed {seed})")
+            record = train_model(cfg, data, run, settings.n_val)
+            step(f"evaluate {name} (seed {seed})")
+            record["modes"] = evaluate_model(run, test_ds, device)
+            record.update(model=name, seed=seed, config=cfg.to_dict())
+            write_json_atomic(path, record)
+        return json.loads(path.read_text())
+
+    models: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
+    for seed in settings.seeds:
+        for name in variants:
+            models[name].append(model_result(name, seed))
+        todo = [(kind, rate, out / "results" / f"sweep-{kind}-{rate:g}-s{seed}.json") for kind, rate in sweep]
+        bar.update(sum(p.is_file() for *_, p in todo))
+        todo = [t for t in todo if not t[2].is_file()]
+        if todo:
+            evaluate_sweep(runs / f"full-s{seed}", test_ds, todo, device, step)
+    spread = models["full"] + [model_result("full", seed) for seed in noise_seeds]
+    bar.close()
+    sweeps = {(kind, rate): [json.loads((out / "results" / f"sweep-{kind}-{rate:g}-s{s}.json").read_text())
+                             for s in settings.seeds] for kind, rate in sweep}
+    table = report.build_table(settings, small_config(settings), models, sweeps, spread,
+                               test_ds.n_images, test_ds.n_captions)
+    report.write_outputs(out, table)
+    return table
+
+
+# ----------------------------------------------------------------------------- CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = AblationSettings()
+    parser.add_argument("--data", type=Path, required=True,
+                        help="a Shapes data set (python -m meet.data.shapes), or an empty or missing "
+                             "folder: the Shapes data the ablation needs is then generated there")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="output folder: table, figures, cached results (resumes what is there)")
+    parser.add_argument("--runs", type=Path, default=None,
+                        help="where training runs (checkpoints) go; default OUT/runs")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny models, 1 epoch, small sweeps: a smoke run, not a measurement")
+    parser.add_argument("--seeds", default=None,
+                        help=f"comma-separated training seeds; numbers average over them (default "
+                             f"{','.join(map(str, defaults.seeds))})")
+    parser.add_argument("--noise-seeds", default=None,
+                        help=f"extra seeds of the full model alone, for the seed-spread rows (default "
+                             f"{','.join(map(str, defaults.noise_seeds))}; empty for none)")
+    parser.add_argument("--n-train", type=int, default=None, help=f"training images (default {defaults.n_train})")
+    parser.add_argument("--epochs", type=int, default=None, help=f"epochs per model (default {defaults.epochs})")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no ablation or rendering progress bar (training epochs keep theirs; "
+                             "TQDM_DISABLE=1 silences those)")
+
+
+def settings_from_args(args: argparse.Namespace) -> AblationSettings:
+    changes: dict[str, Any] = dict(QUICK) if args.quick else {}
+    for flag in ("seeds", "noise_seeds"):
+        text = getattr(args, flag)
+        if text is not None:
+            try:
+                changes[flag] = tuple(int(s) for s in text.split(",") if s.strip())
+            except ValueError as exc:
+                raise ConfigError(f"--{flag.replace('_', '-')} {text!r} is not a list of integers",
+                                  fix="e.g. 0,1,2") from exc
+    if args.n_train is not None:
+        changes["n_train"] = args.n_train
+    if args.epochs is not None:
+        changes["epochs"] = args.epochs
+    return AblationSettings(**changes)
+
+
+def run(args: argparse.Namespace) -> int:
+    from meet.experiments.report import format_markdown
+
+    try:
+        settings = settings_from_args(args)
+        table = run_ablation(args.data, args.out, settings, args.runs, args.device, not args.quiet)
+    except MEETError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_markdown(table))
+    print(f"wrote {args.out / 'ablation.md'}, {args.out / 'ablation.json'} and {args.out / 'figures'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m meet.experiments ablation", description=__doc__.split("\n\n")[0],
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""meet.experiments: the quick ablation on the tiny Shapes fixture (table, figures, resume),
+the ablation notebook on the committed run in assets/ablation, and the paper reproduction
+on a fake precomp set written here (plus its no-data message, from the CLI and the notebook)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from meet.errors import DataError
+from meet.experiments.__main__ import main
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSET = ROOT / "assets" / "ablation"
+SMALL = ["--embed-dim", "32", "--word-dim", "16", "--n-bits", "16", "--n-codebooks", "4",
+         "--codebook-size", "8", "--epochs", "1", "--batch-size", "16", "--eval-batch-size", "32",
+         "--kmeans-sample", "48"]
+"""A precomp model small enough to train one epoch in a second or two."""
+
+
+def _notebook_text(path: Path) -> str:
+    """Execute a notebook in the repository root; every text output, joined."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(ROOT)}}).execute()
+    parts = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            assert out.get("output_type") != "error", out
+            parts.append(out.get("text", ""))
+            data = out.get("data", {})
+            parts += [data.get("text/markdown", ""), data.get("text/plain", "")]
+    return "\n".join(parts)
+
+
+# ----------------------------------------------------------------------------- ablation
+def test_quick_ablation_table_figures_and_resume(tiny_shapes: Path, tmp_path: Path, capsys) -> None:
+    import plotly.io as pio
+
+    out = tmp_path / "ablation"
+    args = ["ablation", "--data", str(tiny_shapes), "--out", str(out), "--quick", "--quiet"]
+    assert main(args) == 0
+    table = json.loads((out / "ablation.json").read_text())
+    rows = table["rows"]
+    assert table["runs_per_number"] == 1 and table["test_images"] == 60 and table["test_captions"] == 300
+    groups = [r["group"] for r in rows]
+    assert groups.count("components") == 9 and groups.count("n_bits") == 2
+    assert groups.count("R sweep") == 2 and groups.count("q sweep") == 2 and groups.count("seed spread") == 5
+    labels = {r["label"] for r in rows}
+    assert {"full MEET", "without L_f", "without L_q", "without negative filtering (training)",
+            "without pair reweighting (training)", "dense only (no filters, no reweighting)",
+            "without Stage II reweighting (filters + dense re-rank)", "n_bits = 32", "R = 1", "q = 0.5"} <= labels
+    for row in rows:
+        assert row["runs"] == (2 if row["group"] == "seed spread" else 1) and 0 <= row["rsum"] <= 600
+        assert 0 <= row["t2i_map@r"] <= 1 and 0 <= row["i2t_map@r"] <= 1
+        assert row["t2i_ms_per_query"] > 0 and row["bytes_per_item"] > 0
+    # the rows are the cached evaluations, not recomputed numbers; the spread averages seeds 0 and 1
+    full = json.loads((out / "results" / "model-full-s0.json").read_text())
+    other = json.loads((out / "results" / "model-full-s1.json").read_text())
+    by = {(r["group"], r["name"], r["mode"]): r for r in rows}
+    assert by[("components", "full", "dense")]["rsum"] == pytest.approx(full["modes"]["dense"]["rsum"])
+    spread = by[("seed spread", "full", "meet")]
+    assert spread["rsum"] == pytest.approx((full["modes"]["meet"]["rsum"] + other["modes"]["meet"]["rsum"]) / 2)
+    assert spread["rsum_std"] == pytest.approx(abs(full["modes"]["meet"]["rsum"] - other["modes"]["meet"]["rsum"]) / 2)
+    assert by[("components", "full", "meet")]["cascade_rsum"] == pytest.approx(full["modes"]["cascade"]["rsum"])
+    # costs: 16-bit codes (2 bytes) + 4 PQ bytes + float16 32-d vectors; dense is float32
+    assert by[("components", "full", "dense")]["bytes_per_item"] == 4 * 32
+    assert by[("components", "full", "cascade")]["bytes_per_item"] == 2 + 4 + 2 * 32
+    assert by[("components", "full", "cascade")]["t2i_bytes_read_per_item"] < 4 * 32
+    r_one = next(r for r in rows if r["label"] == "R = 1")
+    assert r_one["t2i_relevant_kept"] >= next(r for r in rows if r["label"] == "R = 0.3")["t2i_relevant_kept"]
+    markdown = (out / "ablation.md").read_text()
+    assert "mean of **1 run**" in markdown and f"| full MEET | meet | {by[('components', 'full', 'meet')]['rsum']:.1f} |" in markdown
+    for name in ("components", "n_bits", "rates", "cost"):
+        assert pio.read_json(out / "figures" / f"{name}.json").data
+        assert (out / "figures" / f"{name}.html").stat().st_size > 1000
+
+    # resume: cached results are kept, a deleted one is measured again (to the same numbers)
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "results").glob("model-*.json")}
+    (out / "results" / "sweep-pq-0.5-s0.json").unlink()
+    assert main(args) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "results").glob("model-*.json")} == stamps
+    again = json.loads((out / "ablation.json").read_text())["rows"]
+    assert [r["rsum"] for r in again] == pytest.approx([r["rsum"] for r in rows])
+    # other settings in the same folder are refused, nothing is trained
+    capsys.readouterr()
+    assert main([*args, "--epochs", "2"]) == 2
+    assert "other settings" in capsys.readouterr().err
+
+
+def test_ablation_data_is_generated_only_into_an_empty_folder(tmp_path: Path) -> None:
+    from meet.experiments.ablation import prepare_data
+    from meet.experiments.settings import QUICK, AblationSettings
+
+    settings = AblationSettings(**QUICK)
+    data = prepare_data(tmp_path / "new", settings, progress=False)
+    images = json.loads((data / "dataset.json").read_text())["images"]
+    assert [i["split"] for i in images].count("test") == settings.n_test
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("not a data set")
+    with pytest.raises(DataError, match="neither empty nor a Shapes data set"):
+        prepare_data(tmp_path / "other", settings, progress=False)
+
+
+@pytest.mark.skipif(not (ASSET / "ablation.json").is_file(), reason="no committed ablation run")
+def test_ablation_notebook_states_the_committed_numbers(monkeypatch) -> None:
+    monkeypatch.delenv("MEET_ABLATION_DIR", raising=False)
+    text = _notebook_text(ROOT / "notebooks" / "ablation.ipynb")
+    table = json.loads((ASSET / "ablation.json").read_text())
+    by = {(r["group"], r["name"], r["mode"]): r for r in table["rows"]}
+    full, dense = by[("components", "full", "meet")], by[("components", "full", "dense")]
+    cascade = by[("components", "full", "cascade")]
+    assert f"mean of {table['runs_per_number']} training run(s)" in text
+    assert f"Full MEET: rSum {full['rsum']:.1f}, mAP@R t2i {full['t2i_map@r']:.3f}" in text
+    assert f"(cascade): rSum {cascade['rsum']:.1f} vs dense {dense['rsum']:.1f}" in text
+    for name in ("no_lf", "no_lq", "no_filter", "no_pair_reweight"):
+        row = by[("components", name, "meet")]
+        assert f"- {row['label']} [meet]: rSum {row['rsum']:.1f} ({row['rsum'] - full['rsum']:+.1f}" in text
+    spread = by[("seed spread", "full", "meet")]
+    assert f"rSum {spread['rsum']:.1f} ± {spread['rsum_std']:.1f} in meet mode" in text
+    for row in table["rows"]:
+        if row["group"] == "n_bits":
+            assert f"{row['label']}: meet rSum {row['rsum']:.1f}, Hamming-only rSum {row['hash_rsum']:.1f}" in text
+    assert "| full MEET | meet |" in text  # the Markdown table itself
+
+
+# ----------------------------------------------------------------------------- reproduce
+def _write_precomp(folder: Path, split: str, n_images: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    np.save(folder / f"{split}_ims.npy", rng.normal(size=(n_images, 4, 16)).astype(np.float32))
+    words = ["red", "blue", "circle", "square", "left", "small"]
+    lines = [" ".join(rng.choice(words, size=4)) for _ in range(5 * n_images)]
+    (folder / f"{split}_caps.txt").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def fake_f30k(tmp_path: Path) -> Path:
+    data = tmp_path / "f30k_precomp"
+    data.mkdir()
+    for split, n, seed in (("train", 48, 0), ("dev", 20, 1), ("test", 20, 2)):
+        _write_precomp(data, split, n, seed)
+    return data
+
+
+def test_reproduce_on_fake_precomp_prints_the_paper_beside_ours(fake_f30k: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    args = ["reproduce", "--data", str(fake_f30k), "--dataset", "f30k", "--out", str(out), "--quiet", *SMALL]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    record = json.loads((out / "f30k-official-results.json").read_text())
+    assert record["preset"] == "official" and record["config"]["loss"]["beta1"] == 0.0
+    assert set(record["results"]) == {"1k"} and set(record["results"]["1k"]) == {"dense", "cascade", "meet"}
+    for metrics in record["results"]["1k"].values():
+        assert 0 <= metrics["rsum"] <= 600 and math.isfinite(metrics["i2t_r1"])
+    assert record["paper"]["1k"]["rsum"] == 533.4 and record["paper"]["1k"]["i2t_r1"] == 87.8
+    dense = record["results"]["1k"]["dense"]
+    assert "| paper (Table I, BUTD + BERT) | MEET | 87.8 | 97.7 | 98.7 | 67.8 | 88.4 | 93.0 | 533.4 |" in printed
+    assert f"| ours (official) | dense | {dense['i2t_r1']:.1f} |" in printed
+    assert (out / "f30k-official-results.md").read_text() in printed
+    # a finished run is not trained again
+    checkpoint = out / "f30k-official" / "checkpoint.json"
+    stamp = checkpoint.stat().st_mtime_ns
+    assert main(args) == 0
+    assert checkpoint.stat().st_mtime_ns == stamp
+
+
+def test_reproduce_without_data_says_what_to_download(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "meet.experiments", "reproduce", "--data", str(tmp_path / "none"),
+                           "--dataset", "coco", "--out", str(out)], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "https://github.com/kuanghuei/SCAN#download-data" in done.stderr
+    assert "testall_ims.npy" in done.stderr and "--dataset coco" in done.stderr
+    assert not out.exists()
+
+
+def test_reproduce_notebook_stops_cleanly_without_data(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MEET_PRECOMP_DIR", str(tmp_path / "none"))
+    monkeypatch.setenv("MEET_REPRODUCE_OUT", str(tmp_path / "out"))
+    monkeypatch.setenv("MEET_PRECOMP_DATASET", "f30k")
+    text = _notebook_text(ROOT / "notebooks" / "reproduce_paper.ipynb")
+    assert "nothing will be trained" in text and "test_ims.npy" in text
+    assert "Skipped training and evaluation" in text and "rSum 533.4" in text
+    assert not (tmp_path / "out").exists()
