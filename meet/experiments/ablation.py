@@ -41,8 +41,10 @@ Step = Callable[[str], None]
 EPILOG = """Without a Shapes data set in --data (missing or empty folder), the data the ablation
 needs is generated there first (meet.data.shapes.ensure_shapes: 4,000 train, 300 val and
 1,000 test images at 32 px by default). Re-running with the same --out resumes: cached
-results are skipped and unfinished training continues from its last epoch. The full
-default run trains 8 small models (about 2 min each on an idle 2-core CPU)."""
+results are skipped and unfinished training continues from its last epoch; seeds, n_bits
+values and rates may be added later without retraining what exists. The default run trains
+8 small models x 3 seeds (each about 1 min on an idle 2-core CPU, many times longer on a
+busy one); --seeds 0 trains each once and the full model also with --noise-seeds."""
 
 
 # ----------------------------------------------------------------------------- data

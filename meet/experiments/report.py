@@ -79,6 +79,9 @@ def make_row(group: str, name: str, label: str, mode: str, results: list[dict[st
                            "setting": setting, "runs": len(results), "seeds": seeds}
     for key, source in METRICS.items():
         row[key], row[f"{key}_std"] = _mean([r["modes"][mode].get(source) for r in results])
+    row["per_seed"] = {key: [r["modes"][mode].get(key) for r in results] for key in ("rsum", "t2i_map@r", "i2t_map@r")}
+    row["per_seed"].update({f"{other}_rsum": [r["modes"].get(other, {}).get("rsum") for r in results]
+                            for other in REFERENCE_MODES})
     for other in REFERENCE_MODES:
         row[f"{other}_rsum"], _ = _mean([r["modes"].get(other, {}).get("rsum") for r in results])
     for direction in ("t2i", "i2t"):
@@ -122,7 +125,7 @@ def build_table(settings: AblationSettings, base: MEETConfig, models: dict[str, 
                 r["modes"] = {**r["modes"], "dense": model["modes"]["dense"]}
             rows.append(make_row(f"{symbol} sweep", "full", f"{symbol} = {rate:g}", "meet", results,
                                  cfg, n_images, n_captions, setting=fixed))
-    if len(spread) > 1:
+    if len(spread) > 1 and len(spread) > len(settings.seeds):  # else the full rows already hold it
         seeds = ", ".join(str(r["seed"]) for r in spread)
         for mode in REFERENCE_MODES[::-1]:
             rows.append(make_row("seed spread", "full", f"full model, seeds {seeds}", mode, spread, base,
@@ -164,8 +167,10 @@ def format_markdown(table: dict[str, Any]) -> str:
         f"{', '.join(map(str, table['seeds']))}); rSum ± std when several. Rows in mode `meet` use the "
         "full cascade (Hamming filter, PQ filter, reweighted re-rank).",
         "",
-        "The seed-spread rows retrain the full model with other seeds: their ± is the run-to-run noise "
-        "that single-run differences above must exceed to mean anything.",
+        ("The seed-spread rows retrain the full model with other seeds: their ± is the run-to-run noise "
+         "that single-run differences above must exceed to mean anything." if runs == 1 else
+         "± is the standard deviation over the training runs; compare variants seed by seed (the notebook "
+         "prints the paired differences), since the runs share their seeds."),
         "",
         "rSum: R@1+5+10 both directions (5-caption protocol). mAP@R: by Shapes ground truth. "
         "dense / cascade rSum: the same model in dense mode / with filters and a plain dense re-rank. "
