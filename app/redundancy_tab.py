@@ -125,7 +125,8 @@ def query_views(state: AppState, outcome: SearchOutcome | None) -> tuple:
     if outcome.mode not in ("cascade", "meet"):
         return (None, [], [], None, None, f"Mode `{outcome.mode}` searches the whole gallery: no filters "
                 "and no re-rank to show. Pick cascade or meet in the Search tab's settings.")
-    funnel = figures.funnel_figure(analysis.query_funnel(outcome.trace, outcome.relevant))
+    funnel = figures.funnel_figure(analysis.query_funnel(outcome.trace, outcome.relevant),
+                                   title=outcome.query_label)
     removed = {stage: analysis.removed_by_stage(outcome.trace, outcome.relevant, stage, REMOVED_SHOWN,
                                                 dense_query=outcome.query_dense,
                                                 gallery=gallery_index(state, outcome.direction))

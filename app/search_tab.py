@@ -142,7 +142,7 @@ def funnel_of(outcome: SearchOutcome) -> Any:
     """The funnel figure of a cascade/meet search (None for the exhaustive modes)."""
     if outcome.mode not in ("cascade", "meet"):
         return None
-    return funnel_figure(query_funnel(outcome.trace, outcome.relevant))
+    return funnel_figure(query_funnel(outcome.trace, outcome.relevant), title=outcome.query_label)
 
 
 def run_text(state: AppState, query: str, *controls: Any) -> tuple:

@@ -147,8 +147,9 @@ def hamming_histogram(hist: PairHistogram) -> go.Figure:
 
 # ------------------------------------------------------------------ Stage II filters
 
-def funnel_figure(funnel: Funnel) -> go.Figure:
-    """Items kept per stage (plotly Funnel); text: relevant kept / lost at each stage."""
+def funnel_figure(funnel: Funnel, title: str | None = None) -> go.Figure:
+    """Items kept per stage (plotly Funnel); text: relevant kept / lost at each stage.
+    ``title``: e.g. the query itself (default: its row in the searched batch)."""
     labels, kept, text = [], [], []
     for stage in funnel.stages:
         labels.append(STAGE_LABELS.get(stage["name"], stage["name"]))
@@ -160,8 +161,8 @@ def funnel_figure(funnel: Funnel) -> go.Figure:
                         (f", lost {stage['relevant_lost_here']}" if stage["relevant_lost_here"] else ""))
     fig = go.Figure(go.Funnel(y=labels, x=kept, text=text, textinfo="value+text",
                               hovertemplate="%{y}: %{x} items<br>%{text}<extra></extra>"))
-    return _finish(fig, f"Query {funnel.query} ({funnel.direction}, {funnel.mode}): items per stage",
-                   "items kept", "stage")
+    title = title or f"Query {funnel.query}"
+    return _finish(fig, f"{title} ({funnel.direction}, {funnel.mode}): items per stage", "items kept", "stage")
 
 
 def aggregate_funnel_figure(agg_by_direction: dict[str, AggregateFunnel]) -> go.Figure:

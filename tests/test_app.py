@@ -141,7 +141,7 @@ def test_search_tab_handlers(app_state):
     controls = (10, "meet", 0.6, 0.6, 12, 0.1, 0.1)
     ranked, dense, funnel, text, outcome = search_tab.run_text(app_state, "a small blue star", *controls)
     assert len(ranked) == len(dense) == 10 and ranked[0][1][0] in "✓✗"
-    assert funnel.data and "Hamming" in text
+    assert funnel.data and "Hamming" in text and "a small blue star" in funnel.layout.title.text
     rows, dense_rows, funnel, text, outcome = search_tab.run_image(app_state, 5, *controls)
     assert len(rows) == 10 and rows[0][1][0] in "✓✗" and isinstance(rows[0][2], float)
 
