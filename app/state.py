@@ -13,6 +13,7 @@ import hashlib
 import json
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,11 +71,21 @@ class AppState:
     startup_seconds: dict[str, float]
     caches: dict[str, Any] = field(default_factory=dict)
     """Analysis results computed on first use (codebook usage, UMAP, ...)."""
+    _locks: dict[str, threading.Lock] = field(default_factory=dict, repr=False)
+    _guard: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def cached(self, key: str, compute: Callable[[], Any]) -> Any:
-        if key not in self.caches:
-            self.caches[key] = compute()
-        return self.caches[key]
+        """``compute()`` once per server and key: concurrent first requests (several
+        browsers opening the page) wait for one computation instead of each running it,
+        and a slow key (the UMAP) never blocks the others."""
+        if key in self.caches:
+            return self.caches[key]
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            if key not in self.caches:
+                self.caches[key] = compute()
+            return self.caches[key]
 
 
 def load_state(settings: AppSettings, report: Report = print) -> AppState:

@@ -217,3 +217,22 @@ def test_the_error_page_says_why():
     demo = build_error_demo("checkpoint not found: /x (check the path)")
     texts = [block.value for block in demo.blocks.values() if hasattr(block, "value") and isinstance(block.value, str)]
     assert any("checkpoint not found: /x" in text for text in texts)
+
+
+def test_cached_analyses_run_once_under_concurrent_first_requests(app_state):
+    import threading
+    import time
+
+    calls = []
+
+    def slow() -> int:
+        calls.append(1)
+        time.sleep(0.2)
+        return 42
+    threads = [threading.Thread(target=app_state.cached, args=("test-once", slow)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    assert app_state.cached("test-other", lambda: 7) == 7  # another key is not blocked meanwhile
+    for thread in threads:
+        thread.join()
+    assert calls == [1] and app_state.cached("test-once", slow) == 42
