@@ -177,9 +177,10 @@ def umap_map(state: AppState, color_by: str, progress: gr.Progress = gr.Progress
         max_points=UMAP_MAX_POINTS, n_epochs=UMAP_EPOCHS))
     hover = [gallery.images.ids[i] if side == "image" else gallery.dataset.captions[i]
              for side, i in zip(layout.side, layout.index)]
-    codewords = np.where(layout.side == "image", gallery.images.pq_codes[:, 0][np.minimum(
-        layout.index, gallery.images.n_items - 1)], gallery.texts.pq_codes[:, 0][np.minimum(
-            layout.index, max(gallery.texts.n_items - 1, 0))])
+    is_image = layout.side == "image"
+    codewords = np.empty(len(layout.index), np.int64)  # each point's codeword in codebook 0
+    codewords[is_image] = gallery.images.pq_codes[layout.index[is_image], 0]
+    codewords[~is_image] = gallery.texts.pq_codes[layout.index[~is_image], 0]
     return figures.umap_figure(layout, color_by, hover, codewords)
 
 
@@ -223,8 +224,7 @@ def render(state: AppState, last_outcome: gr.State, demo: gr.Blocks) -> None:
             umap_plot = gr.Plot()
 
     def static() -> tuple:
-        return (*codebook_figures(state)[:4], codebook_figures(state)[4], *bit_figures(state)[:4],
-                bit_figures(state)[4], *aggregate_figure(state))
+        return (*codebook_figures(state), *bit_figures(state), *aggregate_figure(state))
     static_outputs = [image_usage, text_usage, entropy, errors, codebook_text, share, image_corr, text_corr,
                       hamming, bits_text, aggregate, aggregate_text]
     demo.load(guarded(static, outputs=len(static_outputs)), None, static_outputs, api_visibility="private")

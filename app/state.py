@@ -26,7 +26,7 @@ from meet.config import CascadeConfig
 from meet.data.dataset import ImageTextDataset
 from meet.errors import DataError, MEETError
 from meet.index import GalleryIndex, checkpoint_fingerprint, pair_from_encoded
-from meet.inference import Encoded, MEETModel
+from meet.inference import MEETModel
 
 from app.settings import AppSettings
 
@@ -200,26 +200,20 @@ def _read_cached(folder: Path, fingerprint: str, report: Report) -> tuple | None
 
 def _build_and_cache(model: MEETModel, dataset: ImageTextDataset, folder: Path,
                      report: Report) -> tuple:
-    from tqdm.auto import tqdm
-
     from meet.evaluate import encode_dataset
-    enc_images, enc_texts = encode_dataset(model, dataset, progress=True)
-    if not len(enc_texts):
-        enc_texts = Encoded(np.zeros((0, model.cfg.model.embed_dim), np.float32),
-                            np.zeros((0, model.cfg.model.n_bits), np.float32),
-                            np.zeros((0, model.cfg.model.n_bits // 8), np.uint8),
-                            np.zeros((0, model.cfg.model.n_codebooks), np.uint8))
-    bar = tqdm(total=1, desc="reciprocal top-k scores", leave=False)
+    from meet.index import progress_reporter
 
-    def tick(done: int, total: int) -> None:
-        bar.total, bar.n = total, done
-        bar.refresh()
+    enc_images, enc_texts = encode_dataset(model, dataset, progress=True)
     meta = {"dataset": f"{dataset.name}/{dataset.split}", "n_images": dataset.n_images,
             "n_captions": dataset.n_captions}
-    images, texts = pair_from_encoded(model, enc_images, enc_texts, dataset.image_ids,
-                                      [str(c) for c in dataset.caption_ids],
-                                      model.cfg.cascade.reciprocal_k, meta, progress=tick)
-    bar.close()
+    tick, close = progress_reporter(None, dataset.n_images + dataset.n_captions)
+    try:
+        images, texts = pair_from_encoded(model, enc_images, enc_texts, dataset.image_ids,
+                                          [str(c) for c in dataset.caption_ids],
+                                          model.cfg.cascade.reciprocal_k, meta,
+                                          progress=lambda d, t: tick(d, t, "reciprocal top-k scores"))
+    finally:
+        close()
     _save_atomically(folder, images, texts, enc_images.hash, enc_texts.hash, report)
     return images, texts, enc_images.hash, enc_texts.hash
 

@@ -315,7 +315,7 @@ def build_pair(model: "MEETModel", images: Any, image_ids: Sequence[Any] | None 
         if not pq.is_fitted:
             raise CheckpointError("the checkpoint's product quantizers are not fitted",
                                   fix="use a trained checkpoint (training fits them each epoch)")
-    report, close = _reporter(progress, n_images + n_captions)
+    report, close = progress_reporter(progress, n_images + n_captions)
     try:
         if dataset is not None:
             batches = (dataset.images(range(s, min(s + batch_size, n_images)))
@@ -360,8 +360,9 @@ def pair_from_encoded(model: "MEETModel", images: "Encoded", texts: "Encoded",
     return image_index, text_index
 
 
-def _reporter(progress: Progress | None, total_items: int) -> tuple[Progress, Callable[[], None]]:
-    """The caller's callback, or a tqdm bar for large galleries, or nothing."""
+def progress_reporter(progress: Progress | None, total_items: int) -> tuple[Progress, Callable[[], None]]:
+    """``(report(done, total, message), close)``: the caller's callback, or a tqdm bar
+    for galleries of at least :data:`PROGRESS_BAR_ITEMS` items, or nothing."""
     if progress is not None:
         return progress, lambda: None
     if total_items < PROGRESS_BAR_ITEMS:
