@@ -57,10 +57,11 @@ def codebook_figures(state: AppState) -> tuple:
         gallery = state.gallery
         usage = {side: analysis.codebook_usage(index.pq_codes, index.codebooks.shape[1])
                  for side, index in (("image", gallery.images), ("text", gallery.texts))}
-        errors = {"image": analysis.quantization_errors(gallery.image_hash, gallery.images.pq_codes,
-                                                        gallery.images.codebooks),
-                  "text": analysis.quantization_errors(gallery.text_hash, gallery.texts.pq_codes,
-                                                       gallery.texts.codebooks)}
+        sides = (("image", gallery.images, gallery.image_hash), ("text", gallery.texts, gallery.text_hash))
+        # What the PQ codes quantize: the hash features, or the rotated dense vectors.
+        errors = {side: analysis.quantization_errors(index.pq_vectors(index.dense, hashed), index.pq_codes,
+                                                     index.codebooks)
+                  for side, index, hashed in sides}
         text = (f"Dead codewords: image {int(usage['image'].dead.sum())}, caption {int(usage['text'].dead.sum())} "
                 f"of {usage['image'].counts.size} each. Mean perplexity per codebook: image "
                 f"{usage['image'].perplexity.mean():.1f}, caption {usage['text'].perplexity.mean():.1f} "

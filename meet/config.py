@@ -180,6 +180,13 @@ class CascadeConfig:
     fusion: bool = True
     """Fuse dense, consistency and complementarity scores (the paper); False re-sorts the
     top z by reciprocal rank alone (the released code)."""
+    pq_space: str = "hash"
+    """What an index built with this config quantizes for the quantization filter:
+    ``hash`` (METHOD.md: the hash features, with the model's codebooks) or ``dense`` (the
+    dense embedding behind an OPQ rotation fitted on the gallery; same bytes per item,
+    far closer to the dense ranking on large galleries; see :mod:`meet.dense_pq`)."""
+    pq_fit_items: int = 100_000
+    """``pq_space="dense"``: gallery items sampled to fit the rotation and codebooks."""
 
 
 @dataclass
@@ -187,11 +194,44 @@ class HashRefitConfig:
     """``python -m meet.hash_refit``: retrain only the hash heads of a trained model on its
     cached (detached) dense embeddings, so the codes keep the dense ranking better.
 
-    The loss is ``weight * L_f'`` + ``binary_weight * ||h| - 1|^2``, where ``L_f'`` is the
-    MSE between the cosine matrices of the hash and dense spaces in each batch, across the
-    modalities *and* within each (the cascade compares codes across the whole gallery, not
-    only matched pairs)."""
+    ``method="structure"``: trained; the loss is ``weight * L_f'`` + ``binary_weight *
+    ||h| - 1|^2``, where ``L_f'`` is the MSE between the cosine matrices of the hash and
+    dense spaces in each batch, across the modalities *and* within each (the cascade
+    compares codes across the whole gallery, not only matched pairs). Best for the codes'
+    own relevance ranking (hash-only rSum). ``method="itq"``: no training; both heads
+    become faiss's ITQ (PCA to ``n_bits`` dims + the rotation that minimises the
+    binarisation error) fitted on images and captions together. Best at keeping each
+    query's exact dense top-k inside its Hamming top-R, which is what the cascade needs
+    on a large gallery (measured in ``meet/hash_refit.py``). ``method="distill"``: starts
+    from ITQ with each modality centred on its own mean, then trains the heads so the
+    *binary* codes (straight-through sign) rank a batch of caption queries against the
+    training images as the dense model does: the KL divergence between
+    ``softmax(dense / teacher_temperature)`` and ``softmax(code inner product / n_bits /
+    student_temperature)`` over the whole gallery (listwise distillation), optionally plus
+    the same for image queries against captions (``i2t_weight``). Best of the three at
+    keeping the dense top-k in the Hamming top-R."""
 
+    method: str = "distill"
+    """``distill`` (the default: what the cascade needs), ``structure`` or ``itq``."""
+    itq_items: int = 50_000
+    """``itq``: images and as many captions (each sampled) that ITQ is fitted on."""
+    itq_scale: float = 0.5
+    """``itq``: ``h = tanh(itq_scale * z / rms(z))``; small keeps ``h`` nearly linear in the
+    projection ``z``, so the hash-space PQ and lookup tables still see inner products."""
+    distill_steps: int = 600
+    """``distill``: optimiser steps (cosine learning-rate decay to 0)."""
+    distill_batch: int = 128
+    """``distill``: caption queries per step, each ranked against the whole image gallery."""
+    distill_gallery: int = 50_000
+    """``distill``: at most this many training images (and captions, for ``i2t_weight``)
+    form the gallery the queries are ranked against."""
+    teacher_temperature: float = 0.01
+    """``distill``: softmax temperature of the dense cosine (the target ranking)."""
+    student_temperature: float = 0.05
+    """``distill``: softmax temperature of the code inner product divided by n_bits."""
+    i2t_weight: float = 0.3
+    """``distill``: weight of the image-query term (text->image has weight 1). 0 favours
+    text queries a little; 0.3 keeps image queries as good as ITQ's (measured: README)."""
     epochs: int = 20
     """Passes over the training captions (each paired with its image)."""
     lr: float = 1e-3
@@ -294,6 +334,8 @@ def validate(cfg: MEETConfig) -> MEETConfig:
          "--hamming-rate-*/--pq-rate-*", "positive rates (<= 1 a fraction, > 1 a count)"),
         (min(c.top_z_i2t, c.top_z_t2i, c.reciprocal_k) >= 0, "--top-z-*/--reciprocal-k", "0 or more"),
         (c.consistency_temperature > 0, "--consistency-temperature", "a positive temperature"),
+        (c.pq_space in ("hash", "dense"), "--pq-space", "hash or dense"),
+        (c.pq_fit_items >= 1, "--pq-fit-items", "at least 1"),
     ]
     not_finite = [name for section in (m, lo, t, c) for name, value in dataclasses.asdict(section).items()
                   if isinstance(value, float) and not math.isfinite(value)]

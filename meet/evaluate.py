@@ -113,11 +113,12 @@ def _take(encoded: Encoded, index: torch.Tensor) -> Encoded:
 
 def gallery_pair(model: MEETModel, images: Encoded, texts: Encoded) -> Galleries:
     """Index already-encoded images and captions (ids are positions) with the model's
-    ``reciprocal_k``, for the cascade modes."""
+    ``reciprocal_k`` and ``pq_space``, for the cascade modes."""
     from meet.index import pair_from_encoded
 
     return pair_from_encoded(model, images, texts, [str(i) for i in range(len(images))],
-                             [str(i) for i in range(len(texts))], model.cfg.cascade.reciprocal_k)
+                             [str(i) for i in range(len(texts))], model.cfg.cascade.reciprocal_k,
+                             pq_space=model.cfg.cascade.pq_space)
 
 
 def _covers(index: torch.Tensor, n: int) -> bool:
@@ -332,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, from {','.join(MODES)}")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--pq-space", choices=["hash", "dense"], default=None,
+                        help="what the quantization filter's codes quantize (default: the checkpoint's)")
     parser.add_argument("--image-dir", type=Path, default=None, help="raw images, if not under --data")
     return parser
 
@@ -357,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--json {args.json} cannot be written (a folder, or under a file)",
                               fix="pass a file path in a writable folder")
         model = load(args.checkpoint, device=args.device)
+        if args.pq_space is not None:
+            model.cfg.cascade.pq_space = args.pq_space
         ds = load_split(args.data, args.split, model.cfg.model, image_dir=args.image_dir)
         results = evaluate(model, ds, modes, args.protocol, progress=True)
     except MEETError as exc:

@@ -6,7 +6,10 @@ representations the cascade reads (:mod:`meet.retrieval`):
 * ``codes`` (n, n_bits / 8) uint8: packed sign codes (faiss binary layout), searched
   through a lazily built faiss ``IndexBinaryFlat`` (``binary_index``);
 * ``pq_codes`` (n, n_codebooks) uint8 and this side's ``codebooks`` (M, K, sub_dim):
-  what the quantization filter reads;
+  what the quantization filter reads. They quantize the hash features (``pq_space``
+  ``"hash"``, METHOD.md, the model's own codebooks) or, when the index holds a
+  ``rotation`` (dim, dim), the OPQ-rotated dense vectors (``"dense"``, fitted on this
+  gallery at build time; see :mod:`meet.dense_pq` for why and what it costs);
 * ``dense`` (n, dim) float16: the re-rank's vectors (half the bytes of float32; cosine
   scores move by ~1e-3 at most);
 * ``reciprocal`` (n, k) float16 or None: each item's top-k scores (descending) against
@@ -58,13 +61,16 @@ class GalleryIndex:
 
     def __init__(self, side: str, ids: Sequence[Any], dense: np.ndarray, codes: np.ndarray,
                  pq_codes: np.ndarray, codebooks: np.ndarray, reciprocal: np.ndarray | None = None,
-                 fingerprint: str = "", meta: dict | None = None, check_values: bool = True):
+                 fingerprint: str = "", meta: dict | None = None, check_values: bool = True,
+                 rotation: np.ndarray | None = None):
         if side not in SIDES:
             raise ConfigError(f"gallery side {side!r} is neither 'image' nor 'text'")
         self.side = side
         self.ids = [str(i) for i in ids]
         self.dense, self.codes, self.pq_codes, self.codebooks, self.reciprocal = _checked_arrays(
-            len(self.ids), dense, codes, pq_codes, codebooks, reciprocal, check_values)
+            len(self.ids), dense, codes, pq_codes, codebooks, reciprocal, check_values,
+            rotation is not None)
+        self.rotation = _checked_rotation(rotation, self.dense.shape[1])
         if check_values and len(set(self.ids)) != len(self.ids):
             seen: set[str] = set()
             duplicate = next(i for i in self.ids if i in seen or seen.add(i))
@@ -77,10 +83,13 @@ class GalleryIndex:
     @classmethod
     def from_arrays(cls, side: str, ids: Sequence[Any], dense: np.ndarray, codes: np.ndarray,
                     pq_codes: np.ndarray, codebooks: np.ndarray, reciprocal: np.ndarray | None = None,
-                    fingerprint: str = "", meta: dict | None = None) -> "GalleryIndex":
+                    fingerprint: str = "", meta: dict | None = None,
+                    rotation: np.ndarray | None = None) -> "GalleryIndex":
         """Wrap ready arrays (shapes/dtypes checked; ``dense``/``reciprocal`` stored as
-        float16, ``codebooks`` float32; float16 input is kept without a copy)."""
-        return cls(side, ids, dense, codes, pq_codes, codebooks, reciprocal, fingerprint, meta)
+        float16, ``codebooks`` float32; float16 input is kept without a copy). With a
+        ``rotation``, ``pq_codes``/``codebooks`` quantize the rotated dense vectors."""
+        return cls(side, ids, dense, codes, pq_codes, codebooks, reciprocal, fingerprint, meta,
+                   rotation=rotation)
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -94,6 +103,21 @@ class GalleryIndex:
     @property
     def dim(self) -> int:
         return self.dense.shape[1]
+
+    @property
+    def pq_space(self) -> str:
+        """What the PQ codes quantize: ``"hash"`` (the model's h) or ``"dense"`` (rotated)."""
+        return "hash" if self.rotation is None else "dense"
+
+    def pq_vectors(self, dense: np.ndarray, hash_features: np.ndarray) -> np.ndarray:
+        """What this index's PQ codes quantize, for items or queries given both their
+        ``dense`` (n, dim) and ``hash_features`` (n, n_bits): the hash features, or the
+        dense vectors rotated into the codebooks' space. Lookup tables are built from it."""
+        if self.rotation is None:
+            return hash_features
+        from meet.dense_pq import rotate
+
+        return rotate(dense, self.rotation)
 
     @property
     def reciprocal_k(self) -> int:
@@ -131,7 +155,7 @@ class GalleryIndex:
         recomputed, so the other side's stored rankings do not include the new items;
         rebuild both with :func:`build_pair` for exact complementarity.
         """
-        new = GalleryIndex(self.side, ids, dense, codes, pq_codes, self.codebooks)
+        new = GalleryIndex(self.side, ids, dense, codes, pq_codes, self.codebooks, rotation=self.rotation)
         if new.dim != self.dim or new.codes.shape[1] != self.codes.shape[1]:
             raise DataError(f"new items have dim {new.dim} / {new.n_bits} bits, the index "
                             f"{self.dim} / {self.n_bits}", fix="encode them with the same checkpoint")
@@ -155,8 +179,14 @@ class GalleryIndex:
 
     def add_encoded(self, ids: Sequence[Any], encoded: "Encoded",
                     other: "GalleryIndex | np.ndarray | None" = None) -> None:
-        """:meth:`add` for an :class:`~meet.inference.Encoded`."""
-        self.add(ids, encoded.dense, encoded.codes, encoded.pq_codes, other=other)
+        """:meth:`add` for an :class:`~meet.inference.Encoded` (a dense-space index
+        quantizes the new dense vectors with its own rotation and codebooks)."""
+        pq_codes = encoded.pq_codes
+        if self.rotation is not None:
+            from meet.dense_pq import encode_dense_pq
+
+            pq_codes = encode_dense_pq(encoded.dense, self.rotation, self.codebooks)
+        self.add(ids, encoded.dense, encoded.codes, pq_codes, other=other)
 
     def _new_reciprocal(self, new: "GalleryIndex", reciprocal: np.ndarray | None, other: Any) -> np.ndarray:
         k = self.reciprocal_k
@@ -182,6 +212,8 @@ class GalleryIndex:
                   "codebooks": self.codebooks}
         if self.reciprocal is not None:
             arrays["reciprocal"] = self.reciprocal
+        if self.rotation is not None:
+            arrays["rotation"] = self.rotation
         header = {"side": self.side, "ids": self.ids, "fingerprint": self.fingerprint,
                   "meta": self.meta, "n_items": self.n_items}
         try:
@@ -215,12 +247,14 @@ class GalleryIndex:
             raise DataError(f"index {folder} lacks arrays {sorted(missing)}", fix="rebuild the index")
         return cls(header.get("side", ""), header.get("ids", []), arrays["dense"], arrays["codes"],
                    arrays["pq_codes"], arrays["codebooks"], arrays.get("reciprocal"),
-                   header.get("fingerprint", ""), header.get("meta", {}), check_values=False)
+                   header.get("fingerprint", ""), header.get("meta", {}), check_values=False,
+                   rotation=arrays.get("rotation"))
 
 
 def _checked_arrays(n: int, dense: Any, codes: Any, pq_codes: Any, codebooks: Any,
-                    reciprocal: Any, check_values: bool) -> tuple:
-    """Validate shapes and dtypes against ``n`` ids; return storage-typed arrays."""
+                    reciprocal: Any, check_values: bool, dense_pq: bool = False) -> tuple:
+    """Validate shapes and dtypes against ``n`` ids; return storage-typed arrays.
+    ``dense_pq``: the codebooks cover the dense dimension, not the hash bits."""
     # asanyarray keeps np.memmap arrays memory-mapped.
     dense, codes, pq_codes = np.asanyarray(dense), np.asanyarray(codes), np.asanyarray(pq_codes)
     codebooks = np.asanyarray(codebooks)
@@ -236,8 +270,9 @@ def _checked_arrays(n: int, dense: Any, codes: Any, pq_codes: Any, codebooks: An
     need(codes.dtype == np.uint8, f"codes must be packed uint8, got {codes.dtype}")
     need(codebooks.ndim == 3, f"codebooks must be (n_codebooks, codebook_size, sub_dim), got {codebooks.shape}")
     n_codebooks, codebook_size, sub_dim = codebooks.shape
-    need(n_codebooks * sub_dim == codes.shape[1] * 8,
-         f"codebooks cover {n_codebooks} x {sub_dim} dims but codes have {codes.shape[1] * 8} bits")
+    covered, what = (dense.shape[1], "dense dims") if dense_pq else (codes.shape[1] * 8, "bits")
+    need(n_codebooks * sub_dim == covered,
+         f"codebooks cover {n_codebooks} x {sub_dim} dims but the quantized vectors have {covered} {what}")
     need(pq_codes.ndim == 2 and pq_codes.shape == (n, n_codebooks),
          f"pq_codes must be (n_items={n}, n_codebooks={n_codebooks}), got {pq_codes.shape}")
     need(np.issubdtype(pq_codes.dtype, np.integer), f"pq_codes must be integers, got {pq_codes.dtype}")
@@ -261,6 +296,17 @@ def _checked_arrays(n: int, dense: Any, codes: Any, pq_codes: Any, codebooks: An
     if codebooks.dtype != np.float32:
         codebooks = codebooks.astype(np.float32)
     return dense, codes, pq_codes, codebooks, reciprocal
+
+
+def _checked_rotation(rotation: Any, dim: int) -> np.ndarray | None:
+    """A dense-space index's OPQ rotation as float32 (dim, dim), or None."""
+    if rotation is None:
+        return None
+    rotation = np.asanyarray(rotation)
+    if rotation.shape != (dim, dim) or not np.issubdtype(rotation.dtype, np.floating):
+        raise DataError(f"gallery index: rotation must be float (dim={dim}, dim), got "
+                        f"{rotation.shape} {rotation.dtype}", fix="rebuild the index")
+    return rotation if rotation.dtype == np.float32 else rotation.astype(np.float32)
 
 
 # ------------------------------------------------------------------ building
@@ -288,15 +334,16 @@ def model_fingerprint(model: "MEETModel") -> str:
 def build_pair(model: "MEETModel", images: Any, image_ids: Sequence[Any] | None = None,
                captions: Sequence[str] | None = None, caption_ids: Sequence[Any] | None = None,
                reciprocal_k: int | None = None, progress: Progress | None = None,
-               batch_size: int = 256) -> tuple[GalleryIndex, GalleryIndex]:
+               batch_size: int = 256, pq_space: str | None = None) -> tuple[GalleryIndex, GalleryIndex]:
     """Encode images and captions once and index both: ``(image_index, text_index)``.
 
     ``images``: PIL images / paths (or feature arrays for precomp models), or an
     :class:`~meet.data.dataset.ImageTextDataset` (then ``image_ids``, ``captions`` and
     ``caption_ids`` default to the data set's file names, captions and ``str(sentid)``).
     ``reciprocal_k`` (default ``cfg.cascade.reciprocal_k``; 0 = none): how many top scores
-    each item keeps against the other side. ``progress(done, total, message)``; when None
-    and the pair has >= :data:`PROGRESS_BAR_ITEMS` items, a tqdm bar is shown.
+    each item keeps against the other side. ``pq_space`` (default ``cfg.cascade.pq_space``):
+    ``"hash"`` or ``"dense"`` (see :class:`GalleryIndex`). ``progress(done, total, message)``;
+    when None and the pair has >= :data:`PROGRESS_BAR_ITEMS` items, a tqdm bar is shown.
     """
     from meet.data.dataset import ImageTextDataset
 
@@ -328,11 +375,13 @@ def build_pair(model: "MEETModel", images: Any, image_ids: Sequence[Any] | None 
         enc_texts = model.encode_texts(list(captions), batch_size=batch_size * 4,
                                        progress=lambda d, t: report(d, t, "encoding captions"))
         k = model.cfg.cascade.reciprocal_k if reciprocal_k is None else int(reciprocal_k)
+        space = model.cfg.cascade.pq_space if pq_space is None else pq_space
         meta = {"checkpoint": str(model.folder) if model.folder else "", "preset": model.cfg.preset,
                 "n_images": n_images, "n_captions": n_captions, "reciprocal_k": k,
                 "dataset": f"{dataset.name}/{dataset.split}" if dataset is not None else ""}
         return pair_from_encoded(model, enc_images, enc_texts, image_ids, caption_ids, k, meta,
-                                 progress=lambda d, t: report(d, t, "reciprocal top-k scores"))
+                                 progress=lambda d, t: report(d, t, "reciprocal top-k scores"),
+                                 pq_space=space)
     finally:
         close()
 
@@ -340,24 +389,42 @@ def build_pair(model: "MEETModel", images: Any, image_ids: Sequence[Any] | None 
 def pair_from_encoded(model: "MEETModel", images: "Encoded", texts: "Encoded",
                       image_ids: Sequence[Any], caption_ids: Sequence[Any], reciprocal_k: int,
                       meta: dict | None = None,
-                      progress: Callable[[int, int], None] | None = None
-                      ) -> tuple[GalleryIndex, GalleryIndex]:
+                      progress: Callable[[int, int], None] | None = None,
+                      pq_space: str = "hash") -> tuple[GalleryIndex, GalleryIndex]:
     """Index already-encoded images and captions: ``(image_index, text_index)``, each item
-    keeping its top ``reciprocal_k`` scores against the other side (0 = none). Shared by
-    :func:`build_pair` and evaluation, which has its encodings already."""
+    keeping its top ``reciprocal_k`` scores against the other side (0 = none); ``pq_space``
+    ``"dense"`` fits each side's OPQ rotation and codebooks on its own dense vectors.
+    Shared by :func:`build_pair` and evaluation, which has its encodings already."""
+    if pq_space not in ("hash", "dense"):
+        raise ConfigError(f"pq_space {pq_space!r} is neither 'hash' nor 'dense'")
     image_rec = text_rec = None
     if reciprocal_k > 0 and len(images) and len(texts):
         image_rec, text_rec = reciprocal_scores(images.dense.astype(np.float16),
                                                 texts.dense.astype(np.float16),
                                                 reciprocal_k, reciprocal_k, progress=progress)
     fingerprint = model_fingerprint(model)
-    image_index = GalleryIndex.from_arrays(
-        "image", image_ids, images.dense, images.codes, images.pq_codes,
-        model.model.image_pq.codebooks.detach().cpu().numpy(), image_rec, fingerprint, meta)
-    text_index = GalleryIndex.from_arrays(
-        "text", caption_ids, texts.dense, texts.codes, texts.pq_codes,
-        model.model.text_pq.codebooks.detach().cpu().numpy(), text_rec, fingerprint, meta)
-    return image_index, text_index
+    meta = {**(meta or {}), "pq_space": pq_space}
+    sides = []
+    for side, ids, enc, pq, rec in (("image", image_ids, images, model.model.image_pq, image_rec),
+                                    ("text", caption_ids, texts, model.model.text_pq, text_rec)):
+        pq_codes, codebooks, rotation = enc.pq_codes, pq.codebooks.detach().cpu().numpy(), None
+        if pq_space == "dense":
+            pq_codes, codebooks, rotation = _dense_quantization(model, enc.dense)
+        sides.append(GalleryIndex.from_arrays(side, ids, enc.dense, enc.codes, pq_codes, codebooks,
+                                              rec, fingerprint, meta, rotation=rotation))
+    return sides[0], sides[1]
+
+
+def _dense_quantization(model: "MEETModel", dense: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(pq_codes, codebooks, rotation)`` of one side's dense vectors (:mod:`meet.dense_pq`),
+    with the checkpoint's codebook shape and k-means settings."""
+    from meet.dense_pq import encode_dense_pq, fit_dense_pq
+
+    cfg = model.cfg
+    rotation, codebooks = fit_dense_pq(dense, cfg.model.n_codebooks, cfg.model.codebook_size,
+                                       cfg.cascade.pq_fit_items, seed=cfg.train.seed,
+                                       n_iter=cfg.train.kmeans_iters)
+    return encode_dense_pq(dense, rotation, codebooks), codebooks, rotation
 
 
 def progress_reporter(progress: Progress | None, total_items: int) -> tuple[Progress, Callable[[], None]]:

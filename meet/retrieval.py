@@ -186,7 +186,7 @@ def full_scores(queries: Any, gallery: GalleryIndex, cfg: CascadeConfig, directi
             dist = hamming_distances(block.codes, gallery.codes).astype(np.float32)
             out[start:stop] = gallery.n_bits - 2.0 * dist
         elif mode == "pq":
-            tables = adc_tables(block.hash, gallery.codebooks)
+            tables = adc_tables(gallery.pq_vectors(block.dense, block.hash), gallery.codebooks)
             out[start:stop] = pq_block_scorer(tables, gallery.pq_codes)(0, n_items).numpy()
         else:
             result = search(block, gallery, cfg, direction, k=max(n_items, 1), mode=mode,
@@ -226,12 +226,15 @@ def _filter_blocks(q: _Queries, gallery: GalleryIndex, cfg: CascadeConfig, direc
         block = q.rows(start, start + step)
         t0 = time.perf_counter()
         positions, distances = hamming_filter(block.codes, gallery.codes, n_hamming, gallery.binary_index)
-        timings["hamming"] += time.perf_counter() - t0
+        t1 = time.perf_counter()
+        timings["hamming"] += t1 - t0
+        pq_queries = gallery.pq_vectors(block.dense, block.hash)  # hash or rotated dense
+        timings["pq"] += time.perf_counter() - t1
         for sub in range(0, positions.shape[0], sub_step):
             t1 = time.perf_counter()
             pos, dist = positions[sub:sub + sub_step], distances[sub:sub + sub_step]
             with single_threaded():
-                tables = adc_tables(block.hash[sub:sub + sub_step], gallery.codebooks)
+                tables = adc_tables(pq_queries[sub:sub + sub_step], gallery.codebooks)
                 kept, kept_scores, _ = pq_filter(tables, gallery.pq_codes, pos, n_pq)
             timings["pq"] += time.perf_counter() - t1
             yield _Filtered(start + sub, pos, dist, kept, kept_scores, np.take_along_axis(pos, kept, axis=1))
@@ -247,7 +250,7 @@ def _exhaustive(q: _Queries, gallery: GalleryIndex, mode: str, k: int) -> tuple[
         scorer = dense_block_scorer(torch.from_numpy(q.dense), gallery.dense)
     else:
         block = max(1, WORK_BUDGET // max(n_queries, gallery.pq_codes.shape[1]))
-        scorer = pq_block_scorer(adc_tables(q.hash, gallery.codebooks), gallery.pq_codes)
+        scorer = pq_block_scorer(adc_tables(gallery.pq_vectors(q.dense, q.hash), gallery.codebooks), gallery.pq_codes)
     return stream_topk(scorer, n_items, n_queries, k, block=block)
 
 
