@@ -110,6 +110,8 @@ class CascadeArrays:
     pq_codes: np.ndarray    # (n_items, n_codebooks) uint8
     codebooks: np.ndarray   # (n_codebooks, codebook_size, n_bits / n_codebooks) float32
     reciprocal: np.ndarray  # (n_items, RECIPROCAL_K) float16, each row descending
+    dense_codebooks: np.ndarray  # (n_codebooks, codebook_size, dense_dim / n_codebooks): pq_space="dense"
+    rotation: np.ndarray    # (dense_dim, dense_dim) float32 orthogonal: the OPQ rotation's stand-in
 
 
 def make_cascade_arrays(vectors: np.ndarray | None, n_items: int, dense_dim: int,
@@ -131,7 +133,10 @@ def make_cascade_arrays(vectors: np.ndarray | None, n_items: int, dense_dim: int
         stop = min(start + chunk, n_items)
         gaps = rng.exponential(0.003, size=(stop - start, RECIPROCAL_K)).astype(np.float32)
         reciprocal[start:stop] = 0.8 - np.cumsum(gaps, axis=1)
-    return CascadeArrays(dense, codes, pq_codes, codebooks, reciprocal)
+    dense_codebooks = rng.standard_normal((N_CODEBOOKS, CODEBOOK_SIZE, dense_dim // N_CODEBOOKS),
+                                          dtype=np.float32) * 0.1
+    rotation = np.linalg.qr(rng.standard_normal((dense_dim, dense_dim)))[0].astype(np.float32)
+    return CascadeArrays(dense, codes, pq_codes, codebooks, reciprocal, dense_codebooks, rotation)
 
 
 # -------------------------------------------------------------------------- methods
@@ -241,7 +246,9 @@ def pq_method(arrays: CascadeArrays, work: Workload, k: int) -> Method:
 
 
 def cascade_methods(arrays: CascadeArrays, work: Workload, args, k: int) -> list[Method]:
-    """MEET's cascade, fractional and count rates, with and without reweighting."""
+    """MEET's cascade, fractional and count rates, with and without reweighting; and the
+    count-rate cascade whose quantization filter reads PQ codes of the rotated dense
+    vectors (``pq_space="dense"``: same bytes, plus one rotation per query batch)."""
     from meet.config import CascadeConfig
     from meet.index import GalleryIndex
     from meet.retrieval import search
@@ -254,20 +261,30 @@ def cascade_methods(arrays: CascadeArrays, work: Workload, args, k: int) -> list
         reciprocal=arrays.reciprocal, fingerprint="synthetic", meta=None)
     gallery.binary_index  # built lazily on first use: build it here, outside the timings
     build_s = time.perf_counter() - t0
+    dense_pq_gallery = GalleryIndex.from_arrays(
+        side="image", ids=gallery.ids, dense=arrays.dense, codes=arrays.codes, pq_codes=arrays.pq_codes,
+        codebooks=arrays.dense_codebooks, fingerprint="synthetic", rotation=arrays.rotation)
+    dense_pq_gallery.binary_index
     filter_bytes = N_BITS // 8 + N_CODEBOOKS
     dense_bytes = arrays.dense.shape[1] * arrays.dense.itemsize
     reciprocal_bytes = arrays.reciprocal.shape[1] * arrays.reciprocal.itemsize
     methods = []
-    for label, (ham, pq) in (("frac", args.frac_rates), ("count", args.count_rates)):
+    settings = [("frac", args.frac_rates, gallery, ("cascade", "meet")),
+                ("count", args.count_rates, gallery, ("cascade", "meet")),
+                ("count, dense PQ", args.count_rates, dense_pq_gallery, ("cascade",))]
+    if args.skip_fractional:
+        settings = settings[1:]
+    for label, (ham, pq), searched, modes in settings:
         cfg = dataclasses.replace(CascadeConfig(), hamming_rate_t2i=ham, pq_rate_t2i=pq)
-        for mode, extra in (("cascade", 0), ("meet", reciprocal_bytes)):
+        for mode in modes:
+            extra = reciprocal_bytes if mode == "meet" else 0
             what = "dense re-rank" if mode == "cascade" else "MEET reweighting"
             method = Method(f"MEET {mode} ({label}: R={ham:g}, q={pq:g}; {what})", None,
                             total_bytes=filter_bytes + dense_bytes + extra,
                             filter_bytes=filter_bytes, build_seconds=build_s)
 
-            def run(a: int, b: int, cfg=cfg, mode=mode, method=method):
-                result = search(_slice_encoded(work.encoded, a, b), gallery, cfg, direction="t2i",
+            def run(a: int, b: int, cfg=cfg, mode=mode, method=method, searched=searched):
+                result = search(_slice_encoded(work.encoded, a, b), searched, cfg, direction="t2i",
                                 k=k, mode=mode, batch_size=args.cascade_batch_size)
                 method.stage_seconds = dict(result.timings)
                 return result
