@@ -226,11 +226,13 @@ def build_binary_index(codes: np.ndarray) -> object:
 # ------------------------------------------------------------------ quantization filter
 
 def adc_tables(query_hash: np.ndarray | torch.Tensor, codebooks: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """Lookup tables of the query hash features against one side's codebooks.
+    """Lookup tables of the query vectors against one side's codebooks.
 
-    ``query_hash`` (n_queries, n_bits) float; ``codebooks`` (n_codebooks, codebook_size,
-    sub_dim) -> (n_queries, n_codebooks, codebook_size) float32: entry [q, m, c] is the
-    inner product of the query's m-th sub-vector with codeword c of codebook m.
+    ``query_hash`` (n_queries, M * sub_dim) float: the hash features, or the rotated dense
+    vectors of a dense-space index (``GalleryIndex.pq_vectors``); ``codebooks``
+    (n_codebooks, codebook_size, sub_dim) -> (n_queries, n_codebooks, codebook_size)
+    float32: entry [q, m, c] is the inner product of the query's m-th sub-vector with
+    codeword c of codebook m.
     """
     # Copies (small): codebooks may be a read-only memory map.
     books = torch.as_tensor(np.array(codebooks, dtype=np.float32))

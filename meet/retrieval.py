@@ -250,7 +250,8 @@ def _exhaustive(q: _Queries, gallery: GalleryIndex, mode: str, k: int) -> tuple[
         scorer = dense_block_scorer(torch.from_numpy(q.dense), gallery.dense)
     else:
         block = max(1, WORK_BUDGET // max(n_queries, gallery.pq_codes.shape[1]))
-        scorer = pq_block_scorer(adc_tables(gallery.pq_vectors(q.dense, q.hash), gallery.codebooks), gallery.pq_codes)
+        tables = adc_tables(gallery.pq_vectors(q.dense, q.hash), gallery.codebooks)
+        scorer = pq_block_scorer(tables, gallery.pq_codes)
     return stream_topk(scorer, n_items, n_queries, k, block=block)
 
 

@@ -228,7 +228,8 @@ def recall_cost_curve(queries: Any, gallery: Any, cfg: CascadeConfig, direction:
         np.put_along_axis(h_rank, h_order, np.arange(n_gallery)[None, :], axis=1)
         in_h = np.cumsum(np.take_along_axis(r, h_order, axis=1), axis=1)
         with torch.no_grad():
-            adc = pq_block_scorer(adc_tables(gallery.pq_vectors(block.dense, block.hash), gallery.codebooks), gallery.pq_codes)(0, n_gallery)
+            tables = adc_tables(gallery.pq_vectors(block.dense, block.hash), gallery.codebooks)
+            adc = pq_block_scorer(tables, gallery.pq_codes)(0, n_gallery)
         neg_adc = -adc.numpy()
         for n_h in np.unique(big_r):
             if n_h == 0:
