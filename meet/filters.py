@@ -167,9 +167,10 @@ def hamming_filter(query_codes: np.ndarray, codes: np.ndarray, n_keep: int,
     order and keep the first k of the stable (distance, position) sort:
 
     * ``counting`` (``use_heap=False``, faiss's counting sort): one bucket per distance,
-      filled in scan order; O(n) with no heap, the fastest for small and moderate k, but
-      its buckets take ``32 x (n_bits + 1) x k`` int64, so it serves k up to the memory
-      bound :data:`WORK_BUDGET`;
+      filled in scan order; O(n) with no heap, the fastest for all but the smallest k
+      (at 1M items and k=10,000: 2.3 against 5.0 ms per query for the heap). Its buckets
+      take ``(n_bits + 1) x k`` int64 per query of a faiss query block, so the block
+      shrinks (from 32 queries) to stay within the memory bound :data:`WORK_BUDGET`;
     * ``heap`` (faiss's default): a max-heap that admits an item only when it is
       *strictly* nearer than the top and orders equal distances by id (``CMax::cmp2``);
     * ``sort``: above :data:`_SORT_MIN_SHARE` of the gallery (fractional rates) a k-heap
@@ -187,10 +188,10 @@ def hamming_filter(query_codes: np.ndarray, codes: np.ndarray, n_keep: int,
     n_keep = min(n_keep, n_items)
     if n_keep <= 0 or n_queries == 0:
         return np.zeros((n_queries, max(n_keep, 0)), np.int64), np.zeros((n_queries, max(n_keep, 0)), np.int32)
+    counting_block = min(32, 8 * WORK_BUDGET // ((codes.shape[1] * 8 + 1) * n_keep * 8))
     if method == "auto":
-        counting_bytes = 32 * (codes.shape[1] * 8 + 1) * n_keep * 8
         method = ("sort" if n_keep > _SORT_MIN_SHARE * n_items else
-                  "counting" if counting_bytes <= 8 * WORK_BUDGET else "heap")
+                  "counting" if counting_block >= 1 else "heap")
     query_codes = np.ascontiguousarray(query_codes, dtype=np.uint8)
     if method == "sort":
         positions = np.empty((n_queries, n_keep), np.int64)
@@ -207,7 +208,7 @@ def hamming_filter(query_codes: np.ndarray, codes: np.ndarray, n_keep: int,
     if binary_index is None:
         binary_index = build_binary_index(codes)
     binary_index.use_heap = method == "heap"
-    binary_index.query_batch_size = 32  # the counting bound above assumes it
+    binary_index.query_batch_size = max(1, counting_block) if method == "counting" else 32
     dist, labels = binary_index.search(query_codes, n_keep)
     key = np.sort(dist.astype(np.int64) * n_items + labels, axis=1)
     return key % n_items, (key // n_items).astype(np.int32)
