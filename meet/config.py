@@ -197,19 +197,21 @@ class HashRefitConfig:
     ``method="structure"``: trained; the loss is ``weight * L_f'`` + ``binary_weight *
     ||h| - 1|^2``, where ``L_f'`` is the MSE between the cosine matrices of the hash and
     dense spaces in each batch, across the modalities *and* within each (the cascade
-    compares codes across the whole gallery, not only matched pairs). Best for the codes'
-    own relevance ranking (hash-only rSum). ``method="itq"``: no training; both heads
-    become faiss's ITQ (PCA to ``n_bits`` dims + the rotation that minimises the
-    binarisation error) fitted on images and captions together. Best at keeping each
-    query's exact dense top-k inside its Hamming top-R, which is what the cascade needs
-    on a large gallery (measured in ``meet/hash_refit.py``). ``method="distill"``: starts
+    compares codes across the whole gallery, not only matched pairs); it keeps the
+    cascade's i2t mAP@R at the paper's fractional rates. ``method="itq"``: no training;
+    both heads become faiss's ITQ (PCA to ``n_bits`` dims + the rotation that minimises
+    the binarisation error) fitted on images and captions together; better than
+    ``structure`` at keeping each query's exact dense top-k inside its Hamming top-R,
+    which is what the cascade needs on a large gallery (measured in
+    ``meet/hash_refit.py``). ``method="distill"``: starts
     from ITQ with each modality centred on its own mean, then trains the heads so the
     *binary* codes (straight-through sign) rank a batch of caption queries against the
     training images as the dense model does: the KL divergence between
     ``softmax(dense / teacher_temperature)`` and ``softmax(code inner product / n_bits /
     student_temperature)`` over the whole gallery (listwise distillation), optionally plus
     the same for image queries against captions (``i2t_weight``). Best of the three at
-    keeping the dense top-k in the Hamming top-R."""
+    keeping the dense top-k in the Hamming top-R, and for hash-only rSum; worst for the
+    cascade's i2t mAP@R at fractional rates (it learns the top of the ranking only)."""
 
     method: str = "distill"
     """``distill`` (the default: what the cascade needs), ``structure`` or ``itq``."""
