@@ -9,8 +9,9 @@ vectors are the ones already stored in an index built by its parent, and encodin
 100,000 images and 500,000 captions again costs about 15 minutes on a 2-core CPU. This
 script checks that claim (it re-encodes a sample of the data set with ``--checkpoint`` and
 compares with the stored vectors; a mismatch is an error), then runs the stored dense
-vectors through the new hash heads and codebooks and indexes them with
-:func:`meet.index.pair_from_encoded`, exactly as ``meet.build_index`` would after encoding.
+vectors through the new hash heads and codebooks (``MEETModel.encode_dense``) and indexes
+them with :func:`meet.index.pair_from_encoded`, exactly as ``meet.build_index`` would after
+encoding.
 The new index carries the new checkpoint's fingerprint and no reciprocal scores
 (``meet.build_index --reciprocal-k`` computes those).
 """
@@ -23,12 +24,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from meet.errors import CheckpointError, MEETError
 from meet.index import GalleryIndex, pair_from_encoded
-from meet.inference import Encoded, MEETModel
-from meet.quantization import pack_codes
+from meet.inference import MEETModel
 
 CHECK_ITEMS = 32
 """Images and captions re-encoded to verify that the stored dense vectors are this model's."""
@@ -49,19 +48,6 @@ def verify_same_encoders(model: MEETModel, ds, images: GalleryIndex, texts: Gall
                               "its encoders are not the ones that built the index",
                               fix="rebuild with python -m meet.build_index")
     return gap
-
-
-@torch.no_grad()
-def recode(model: MEETModel, gallery: GalleryIndex, block: int = 65536) -> Encoded:
-    """The stored dense vectors of one side through this model's hash head and PQ."""
-    net = model.model
-    head, pq = (net.image_hash, net.image_pq) if gallery.side == "image" else (net.text_hash, net.text_pq)
-    dense = np.asarray(gallery.dense, dtype=np.float32)
-    parts = [head(torch.from_numpy(dense[s:s + block]).to(model.device)).cpu().numpy()
-             for s in range(0, len(dense), block)]
-    hashed = np.concatenate(parts) if parts else np.zeros((0, head.linear.out_features), np.float32)
-    pq_codes = pq.encode(torch.from_numpy(hashed).to(model.device)).cpu().numpy().astype(np.uint8)
-    return Encoded(dense=dense, hash=hashed, codes=pack_codes(hashed), pq_codes=pq_codes)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         space = args.pq_space or model.cfg.cascade.pq_space
         meta = {**images.meta, "checkpoint": str(args.checkpoint), "recoded_from": str(args.index)}
-        new_images, new_texts = pair_from_encoded(model, recode(model, images), recode(model, texts),
+        new_images, new_texts = pair_from_encoded(model, model.encode_dense(images.dense, "image"),
+                                                  model.encode_dense(texts.dense, "text"),
                                                   images.ids, texts.ids, 0, meta, pq_space=space)
         new_images.save(args.out / "image")
         new_texts.save(args.out / "text")

@@ -150,6 +150,27 @@ class MEETModel:
         dim, n_bits = self.cfg.model.embed_dim, self.cfg.model.n_bits
         dense_t = torch.cat(dense) if dense else torch.zeros(0, dim)
         hash_t = torch.cat(hashed) if hashed else torch.zeros(0, n_bits)
+        return self._encoded(dense_t, hash_t, side, start)
+
+    @torch.no_grad()
+    def encode_dense(self, dense: np.ndarray, side: str, batch_size: int = 65536) -> Encoded:
+        """The hash features and codes of dense embeddings (n, embed_dim) that this model's
+        encoders already produced, e.g. the vectors stored in an index: only the ``side``
+        (``image``/``text``) hash head and quantizer run. What re-codes a gallery after
+        ``meet.hash_refit``, which changes the heads and keeps the encoders."""
+        if side not in ("image", "text"):
+            raise ConfigError(f"side {side!r} is neither 'image' nor 'text'")
+        start = time.perf_counter()
+        head = self.model.image_hash if side == "image" else self.model.text_hash
+        dense_t = torch.as_tensor(np.asarray(dense, dtype=np.float32))
+        hashed = [head(dense_t[s:s + batch_size].to(self.device)).float().cpu()
+                  for s in range(0, dense_t.shape[0], batch_size)]
+        hash_t = torch.cat(hashed) if hashed else torch.zeros(0, self.cfg.model.n_bits)
+        return self._encoded(dense_t, hash_t, side, start)
+
+    def _encoded(self, dense_t: torch.Tensor, hash_t: torch.Tensor, side: str, start: float) -> Encoded:
+        """Dense and hash features (CPU) -> :class:`Encoded`, with binary and PQ codes."""
+        n_bits = self.cfg.model.n_bits
         pq = self.model.image_pq if side == "image" else self.model.text_pq
         if pq.is_fitted:
             pq_codes = pq.encode(hash_t.to(pq.codebooks.device)).cpu().numpy()

@@ -42,6 +42,19 @@ def test_api_encoding_matches_the_data_set_path(tiny_run, tiny_shapes):
     assert np.array_equal(model.encode_texts(ds.captions[:7]).pq_codes, texts.pq_codes[:7])
 
 
+def test_encode_dense_recodes_stored_embeddings_like_full_encoding(tiny_run):
+    from meet.errors import ConfigError
+
+    model = meet.load(tiny_run, device="cpu")
+    full = model.encode_texts(["a red circle", "two shapes", "a small blue star"])
+    again = model.encode_dense(full.dense, "text")
+    assert np.allclose(again.hash, full.hash, atol=1e-6)
+    assert np.array_equal(again.codes, full.codes) and np.array_equal(again.pq_codes, full.pq_codes)
+    assert model.encode_dense(np.zeros((0, full.dense.shape[1]), np.float32), "image").codes.shape[0] == 0
+    with pytest.raises(ConfigError):
+        model.encode_dense(full.dense, "caption")
+
+
 def test_bad_inputs_raise_clear_errors(tiny_run, tmp_path):
     model = meet.load(tiny_run, device="cpu")
     with pytest.raises(DataError, match="list of strings"):
