@@ -58,7 +58,8 @@ class Rerank:
     candidates' input order except ``order``."""
 
     order: np.ndarray
-    """int64 indices into the candidates, best first."""
+    """int64 indices into the candidates, best first: the best ``n_best`` of them (all
+    unless :func:`rerank` was asked for fewer)."""
     final: np.ndarray
     """float32 final score of each candidate."""
     dense: np.ndarray
@@ -165,14 +166,16 @@ def complementarity_ranks(query_dense: torch.Tensor, dense: np.ndarray, reciproc
 
 def rerank(query_dense: torch.Tensor, dense: np.ndarray, reciprocal: np.ndarray | None,
            candidates: np.ndarray, cfg: CascadeConfig, top_z: int, mode: str,
-           want_consistency: bool = False) -> Rerank:
+           want_consistency: bool = False, n_best: int | None = None) -> Rerank:
     """Score and order ``candidates`` (n_queries, n_candidates) gallery positions.
 
     ``mode``: ``cascade`` (dense order) or ``meet`` (reweighted). ``want_consistency``
     computes the consistency term even where the order does not use it (official
-    re-sort), for traces.
+    re-sort), for traces. ``n_best``: how many places of ``order`` to rank (None: all);
+    a search that returns the top 10 of 2,000 candidates need not sort the other 1,990.
     """
     n_queries, n_candidates = candidates.shape
+    n_best = n_candidates if n_best is None else max(0, min(n_best, n_candidates))
     positions = torch.from_numpy(candidates)
     attention = agreement = None
     if mode == "meet" and (cfg.fusion or want_consistency) and n_candidates:
@@ -184,10 +187,10 @@ def rerank(query_dense: torch.Tensor, dense: np.ndarray, reciprocal: np.ndarray 
     comp = torch.zeros(n_queries, n_candidates)
     final = scores.clone()
     if mode == "cascade" or n_candidates == 0:
-        order = stable_top(scores, n_candidates, positions)
+        order = stable_top(scores, n_best, positions)
         return _pack(order, final, scores, attention, agreement, comp_ranks, comp)
     z = min(top_z, n_candidates) if reciprocal is not None else 0
-    dense_order = stable_top(scores, n_candidates, positions)
+    dense_order = stable_top(scores, max(z, n_best), positions)
     if z > 0:
         head = dense_order[:, :z]
         ranks = complementarity_ranks(query_dense, dense, reciprocal, candidates[
@@ -196,15 +199,15 @@ def rerank(query_dense: torch.Tensor, dense: np.ndarray, reciprocal: np.ndarray 
         comp.scatter_(1, head, 1.0 / (1.0 + ranks.float()))
     if cfg.fusion:
         final = scores + cfg.alpha * agreement + cfg.beta * comp
-        order = stable_top(final, n_candidates, positions)
+        order = stable_top(final, n_best, positions)
     elif z > 0:
         resort = torch.sort(ranks, dim=1, stable=True).indices
         head = head.gather(1, resort)
-        order = torch.cat([head, dense_order[:, z:]], dim=1)
+        order = torch.cat([head, dense_order[:, z:]], dim=1)[:, :n_best]
         ordinal = 2.0 + (z - torch.arange(z, dtype=torch.float32)) / z
         final.scatter_(1, head, ordinal.expand(n_queries, z).contiguous())
     else:
-        order = dense_order
+        order = dense_order[:, :n_best]
     return _pack(order, final, scores, attention, agreement, comp_ranks, comp)
 
 

@@ -178,6 +178,18 @@ def test_stable_top_matches_lexsort_with_heavy_ties():
         plain = stable_top(scores, k)
         for i in range(6):
             assert plain[i].tolist() == ordered((-scores[i]).tolist(), list(range(200)))[:k]
+    # k well below a quarter of the columns: the topk path, with rows whose boundary tie
+    # runs past the candidates (integer scores) next to rows where it does not.
+    wide = rng.integers(0, 1000, (8, 400)).astype(np.float32)
+    wide[::2] = rng.integers(0, 3, (4, 400))
+    wide_pos = torch.from_numpy(np.stack([rng.permutation(5000)[:400] for _ in range(8)]))
+    for k in (1, 7, 60):
+        got = stable_top(torch.from_numpy(wide), k, wide_pos)
+        for i in range(8):
+            assert wide_pos[i][got[i]].tolist() == ordered((-wide[i]).tolist(), wide_pos[i].tolist())[:k]
+        plain = stable_top(torch.from_numpy(wide), k)
+        for i in range(8):
+            assert plain[i].tolist() == ordered((-wide[i]).tolist(), list(range(400)))[:k]
     distinct = torch.from_numpy(rng.standard_normal((4, 300)).astype(np.float32))
     assert torch.equal(stable_top(distinct, 10), torch.sort(distinct, dim=1, descending=True, stable=True).indices[:, :10])
 
@@ -210,8 +222,10 @@ def test_gather_codes_matches_fancy_indexing_for_every_layout():
     positions = rng.integers(0, 40, (3, 11))
     wide = rng.integers(0, 300, (40, 5)).astype(np.int16)  # codebook_size > 256
     for codes in (wide.astype(np.uint8), wide, np.asfortranarray(wide.astype(np.uint8))):
-        expected = np.transpose(codes[positions].astype(np.int64), (0, 2, 1))
-        assert np.array_equal(filters.gather_codes(codes, positions).numpy(), expected)
+        assert np.array_equal(filters.gather_codes(codes, positions).numpy(), codes[positions])
+    for n_codebooks in (1, 2, 3, 4, 8):  # one-integer rows, and a record for M = 3
+        codes = rng.integers(0, 256, (40, n_codebooks)).astype(np.uint8)
+        assert np.array_equal(filters.gather_codes(codes, positions).numpy(), codes[positions])
 
 
 # ------------------------------------------------------------------ whole searches
@@ -340,6 +354,23 @@ def test_small_work_budget_changes_nothing(monkeypatch):
         after = search(queries, gallery, cfg, "t2i", k=15, mode=mode, batch_size=2)
         assert np.array_equal(after.ids, expected.ids)
         assert np.allclose(after.scores, expected.scores, atol=1e-6)
+
+
+def test_worker_threads_change_nothing(monkeypatch):
+    monkeypatch.setattr(retrieval, "CACHE_CHUNK", 200)  # one query per sub-block: 9 tasks
+    gallery, queries = make_gallery(), make_queries()
+    for mode in ("cascade", "meet"):
+        one = search(queries, gallery, CascadeConfig(), "t2i", k=10, mode=mode, trace=True, workers=1)
+        three = search(queries, gallery, CascadeConfig(), "t2i", k=10, mode=mode, trace=True, workers=3)
+        assert np.array_equal(one.ids, three.ids) and np.array_equal(one.scores, three.scores)
+        assert [tr.query for tr in three.traces] == list(range(len(queries.dense)))
+        for a, b in zip(one.traces, three.traces):
+            assert np.array_equal(a.final_order, b.final_order)
+            assert np.array_equal(a.final_scores, b.final_scores)
+        assert set(three.timings) == {"hamming", "pq", "rerank", "exhaustive"}
+        assert all(v >= 0 for v in three.timings.values())
+    with pytest.raises(ConfigError, match="workers"):
+        search(queries, gallery, CascadeConfig(), "t2i", mode="cascade", workers=0)
 
 
 def test_bad_calls_raise_clear_errors():
