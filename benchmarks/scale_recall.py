@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--settings", default="1000:100,2000:200,5000:500,10000:1000")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hamming-scores", choices=["symmetric", "asymmetric"], default="symmetric",
+                        help="the Hamming filter's ranking (CascadeConfig.hamming_scores)")
     args = parser.parse_args(argv)
     from meet.data.loading import load_split
     from meet.index import checkpoint_fingerprint
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     texts = GalleryIndex.load(args.index / "text", fingerprint=fingerprint)
     ds = load_split(args.data, args.split, model.cfg.model)
     print(f"gallery: {images.n_items:,} images, {texts.n_items:,} captions; {args.queries} sampled "
-          f"queries per direction, encoded by the model\n")
+          f"queries per direction, encoded by the model; {args.hamming_scores} Hamming scores\n")
     print("| direction | R (Hamming) | q (PQ) | recall@10 vs dense (tie-aware) | ms/query (batched) |")
     print("|---|---|---|---|---|")
     for direction, side, gallery in (("t2i", "text", images), ("i2t", "image", texts)):
@@ -94,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         _, reference_scores = dense_top10(queries, gallery)
         for setting in args.settings.split(","):
             r, q = (float(x) for x in setting.split(":"))
-            cfg = dataclasses.replace(CascadeConfig(), **{f"hamming_rate_{direction}": r,
-                                                          f"pq_rate_{direction}": q})
+            cfg = dataclasses.replace(CascadeConfig(hamming_scores=args.hamming_scores),
+                                      **{f"hamming_rate_{direction}": r, f"pq_rate_{direction}": q})
             start = time.perf_counter()
             result = search(queries, gallery, cfg, direction, k=10, mode="cascade")
             ms = 1000 * (time.perf_counter() - start) / len(queries)

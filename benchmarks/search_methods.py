@@ -246,9 +246,11 @@ def pq_method(arrays: CascadeArrays, work: Workload, k: int) -> Method:
 
 
 def cascade_methods(arrays: CascadeArrays, work: Workload, args, k: int) -> list[Method]:
-    """MEET's cascade, fractional and count rates, with and without reweighting; and the
+    """MEET's cascade, fractional and count rates, with and without reweighting; the
     count-rate cascade whose quantization filter reads PQ codes of the rotated dense
-    vectors (``pq_space="dense"``: same bytes, plus one rotation per query batch)."""
+    vectors (``pq_space="dense"``: same bytes, plus one rotation per query batch); and that
+    one again with the asymmetric Hamming filter (``hamming_scores="asymmetric"``: the
+    same codes, scanned by faiss's fast scan against the query's float hash feature)."""
     from meet.config import CascadeConfig
     from meet.index import GalleryIndex
     from meet.retrieval import search
@@ -265,17 +267,21 @@ def cascade_methods(arrays: CascadeArrays, work: Workload, args, k: int) -> list
         side="image", ids=gallery.ids, dense=arrays.dense, codes=arrays.codes, pq_codes=arrays.pq_codes,
         codebooks=arrays.dense_codebooks, fingerprint="synthetic", rotation=arrays.rotation)
     dense_pq_gallery.binary_index
+    dense_pq_gallery.sign_scan_index  # likewise for the asymmetric filter
     filter_bytes = N_BITS // 8 + N_CODEBOOKS
     dense_bytes = arrays.dense.shape[1] * arrays.dense.itemsize
     reciprocal_bytes = arrays.reciprocal.shape[1] * arrays.reciprocal.itemsize
     methods = []
-    settings = [("frac", args.frac_rates, gallery, ("cascade", "meet")),
-                ("count", args.count_rates, gallery, ("cascade", "meet")),
-                ("count, dense PQ", args.count_rates, dense_pq_gallery, ("cascade",))]
+    symmetric, asymmetric = CascadeConfig(), CascadeConfig(hamming_scores="asymmetric")
+    settings = [("frac", args.frac_rates, gallery, ("cascade", "meet"), symmetric),
+                ("count", args.count_rates, gallery, ("cascade", "meet"), symmetric),
+                ("count, dense PQ", args.count_rates, dense_pq_gallery, ("cascade",), symmetric),
+                ("count, asymmetric Hamming, dense PQ", args.count_rates, dense_pq_gallery, ("cascade",),
+                 asymmetric)]
     if args.skip_fractional:
         settings = settings[1:]
-    for label, (ham, pq), searched, modes in settings:
-        cfg = dataclasses.replace(CascadeConfig(), hamming_rate_t2i=ham, pq_rate_t2i=pq)
+    for label, (ham, pq), searched, modes, base in settings:
+        cfg = dataclasses.replace(base, hamming_rate_t2i=ham, pq_rate_t2i=pq)
         for mode in modes:
             extra = reciprocal_bytes if mode == "meet" else 0
             what = "dense re-rank" if mode == "cascade" else "MEET reweighting"

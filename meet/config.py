@@ -180,6 +180,13 @@ class CascadeConfig:
     fusion: bool = True
     """Fuse dense, consistency and complementarity scores (the paper); False re-sorts the
     top z by reciprocal rank alone (the released code)."""
+    hamming_scores: str = "symmetric"
+    """How the Hamming filter ranks the gallery's sign codes: ``symmetric`` (METHOD.md:
+    Hamming distance to the query's sign code; faiss ``IndexBinaryFlat``, exact) or
+    ``asymmetric`` (the query's float hash feature against each +-1 code, ``<h, b>``: the
+    same 8 bytes per item, far fewer ties at the survivor boundary; faiss fast scan
+    proposes candidates that are re-scored exactly, see
+    :func:`meet.filters.asymmetric_filter`)."""
     pq_space: str = "hash"
     """What an index built with this config quantizes for the quantization filter:
     ``hash`` (METHOD.md: the hash features, with the model's codebooks) or ``dense`` (the
@@ -337,6 +344,7 @@ def validate(cfg: MEETConfig) -> MEETConfig:
         (min(c.top_z_i2t, c.top_z_t2i, c.reciprocal_k) >= 0, "--top-z-*/--reciprocal-k", "0 or more"),
         (c.consistency_temperature > 0, "--consistency-temperature", "a positive temperature"),
         (c.pq_space in ("hash", "dense"), "--pq-space", "hash or dense"),
+        (c.hamming_scores in ("symmetric", "asymmetric"), "--hamming-scores", "symmetric or asymmetric"),
         (c.pq_fit_items >= 1, "--pq-fit-items", "at least 1"),
     ]
     not_finite = [name for section in (m, lo, t, c) for name, value in dataclasses.asdict(section).items()

@@ -335,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--pq-space", choices=["hash", "dense"], default=None,
                         help="what the quantization filter's codes quantize (default: the checkpoint's)")
+    parser.add_argument("--hamming-scores", choices=["symmetric", "asymmetric"], default=None,
+                        help="how the Hamming filter ranks codes (default: the checkpoint's)")
     parser.add_argument("--image-dir", type=Path, default=None, help="raw images, if not under --data")
     return parser
 
@@ -362,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
         model = load(args.checkpoint, device=args.device)
         if args.pq_space is not None:
             model.cfg.cascade.pq_space = args.pq_space
+        if args.hamming_scores is not None:
+            model.cfg.cascade.hamming_scores = args.hamming_scores
         ds = load_split(args.data, args.split, model.cfg.model, image_dir=args.image_dir)
         results = evaluate(model, ds, modes, args.protocol, progress=True)
     except MEETError as exc:

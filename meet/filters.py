@@ -230,6 +230,87 @@ def build_binary_index(codes: np.ndarray) -> object:
     return index
 
 
+# ------------------------------------------------------------------ asymmetric Hamming filter
+
+_SIGN_SCAN_SLACK = 0.25
+"""The fast scan asks for this share more candidates than it keeps (at least
+:data:`_SIGN_SCAN_MIN_EXTRA`), so its 8-bit lookup tables rarely push an item of the exact
+top R out of the candidates, which are then re-scored exactly."""
+_SIGN_SCAN_MIN_EXTRA = 64
+
+
+def sign_codebooks(n_bits: int, group: int = 8) -> np.ndarray:
+    """Every +-1 pattern of ``group`` bits, as PQ codebooks: (n_bits / group, 2**group, group)
+    float32, codeword ``v`` of each book being bit ``i`` of ``v`` mapped to -1/+1 (the
+    little-endian order of :func:`meet.quantization.pack_codes`). With ``group=8`` the
+    packed bytes of a sign code *are* its PQ codes, so ADC with these books gives the
+    asymmetric score ``<h, b>`` of a float query ``h`` against a stored code ``b``."""
+    patterns = ((np.arange(2 ** group)[:, None] >> np.arange(group)[None, :]) & 1) * 2.0 - 1.0
+    return np.ascontiguousarray(np.broadcast_to(patterns, (n_bits // group, 2 ** group, group)), np.float32)
+
+
+def build_sign_scan_index(codes: np.ndarray, chunk: int = 1 << 16) -> object:
+    """A faiss ``IndexPQFastScan`` (inner product) over packed sign codes: 4-bit
+    sub-quantizers whose 16 codewords are every +-1 pattern of 4 bits, so each item's
+    fast-scan code is its own sign code, and a float query is scored by ``<h, b>``
+    through SIMD lookup tables quantized to 8 bits (faiss's fast scan: approximate)."""
+    import faiss  # lazy: heavy
+
+    n_bits = codes.shape[1] * 8
+    index = faiss.IndexPQFastScan(n_bits, n_bits // 4, 4, faiss.METRIC_INNER_PRODUCT)
+    faiss.copy_array_to_vector(sign_codebooks(n_bits, 4).ravel(), index.pq.centroids)
+    index.is_trained = True
+    for start in range(0, codes.shape[0], chunk):  # each +-1 vector encodes to its own bits
+        block = np.unpackbits(np.asarray(codes[start:start + chunk], np.uint8), axis=1, bitorder="little")
+        index.add(block.astype(np.float32) * 2.0 - 1.0)
+    return index
+
+
+def asymmetric_filter(query_hash: np.ndarray, codes: np.ndarray, n_keep: int,
+                      scan_index: object | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n_keep`` items with the highest asymmetric score ``<h, b>`` (the query's float
+    hash feature against each item's +-1 code), ties by position.
+
+    ``query_hash`` (n_queries, n_bits) float; ``codes`` (n_items, n_bits / 8) packed;
+    ``scan_index``: :func:`build_sign_scan_index` of ``codes``. Returns ``positions``
+    (n_queries, n_keep) int64 and ``scores`` (n_queries, n_keep) float32, best first.
+
+    Why: ``<sign(h), b> = n_bits - 2 * Hamming`` takes 65 values at 64 bits, so at the
+    survivor boundary thousands of items tie and the filter's pick among them is by
+    gallery position. Keeping ``h``'s magnitudes orders them at the same 8 bytes per item.
+
+    How: faiss's fast scan (4-bit lookup tables, SIMD) proposes ``n_keep`` plus
+    :data:`_SIGN_SCAN_SLACK` candidates; they are re-scored exactly (ADC with
+    :func:`sign_codebooks`, float32, bytes summed in order) and the best ``n_keep`` kept.
+    So the order of the kept items is exact, the set is approximate: an item of the exact
+    top ``n_keep`` is lost only if the 8-bit tables put it below the candidates (the tests
+    bound this). Above :data:`_SORT_MIN_SHARE` of the gallery, or without an index, every
+    item is scored exactly instead.
+    """
+    n_items, n_queries = codes.shape[0], query_hash.shape[0]
+    n_keep = min(n_keep, n_items)
+    if n_keep <= 0 or n_queries == 0:
+        return np.zeros((n_queries, max(n_keep, 0)), np.int64), np.zeros((n_queries, max(n_keep, 0)), np.float32)
+    n_bits = codes.shape[1] * 8
+    tables = adc_tables(query_hash, sign_codebooks(n_bits))
+    n_candidates = n_keep + max(_SIGN_SCAN_MIN_EXTRA, int(math.ceil(_SIGN_SCAN_SLACK * n_keep)))
+    if scan_index is not None and n_candidates < n_items and n_keep <= _SORT_MIN_SHARE * n_items:
+        _, candidates = scan_index.search(np.ascontiguousarray(query_hash, np.float32), n_candidates)
+        if (candidates >= 0).all():  # faiss pads with -1 only when it finds fewer items
+            return _rescored(tables, codes, candidates, n_keep)
+    return stream_topk(pq_block_scorer(tables, codes), n_items, n_queries, n_keep,
+                       block=max(1, WORK_BUDGET // max(1, n_queries * 8)))
+
+
+def _rescored(tables: torch.Tensor, codes: np.ndarray, candidates: np.ndarray, n_keep: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """The best ``n_keep`` of ``candidates`` (n_queries, c) by exact ADC score, ties by position."""
+    exact = adc_gather(tables, gather_codes(np.ascontiguousarray(codes, np.uint8), candidates))
+    positions = torch.from_numpy(candidates)
+    kept = stable_top(exact, n_keep, positions)
+    return positions.gather(1, kept).numpy(), exact.gather(1, kept).numpy()
+
+
 # ------------------------------------------------------------------ quantization filter
 
 def adc_tables(query_hash: np.ndarray | torch.Tensor, codebooks: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from meet.errors import CheckpointError, ConfigError, DataError
-from meet.filters import build_binary_index
+from meet.filters import build_binary_index, build_sign_scan_index
 from meet.index_store import read_arrays, read_header, sha256_file, write_index_folder
 from meet.reciprocal import reciprocal_scores
 
@@ -79,6 +79,7 @@ class GalleryIndex:
         self.fingerprint = str(fingerprint)
         self.meta = dict(meta or {})
         self._binary_index = None
+        self._sign_scan_index = None
 
     @classmethod
     def from_arrays(cls, side: str, ids: Sequence[Any], dense: np.ndarray, codes: np.ndarray,
@@ -136,6 +137,14 @@ class GalleryIndex:
             self._binary_index = build_binary_index(self.codes)
         return self._binary_index
 
+    @property
+    def sign_scan_index(self) -> Any:
+        """faiss fast-scan index of ``codes`` for the asymmetric Hamming filter
+        (:func:`meet.filters.build_sign_scan_index`), built on first use."""
+        if self._sign_scan_index is None:
+            self._sign_scan_index = build_sign_scan_index(self.codes)
+        return self._sign_scan_index
+
     def __len__(self) -> int:
         return self.n_items
 
@@ -175,6 +184,7 @@ class GalleryIndex:
         self.ids = self.ids + new.ids
         if self._binary_index is not None:
             self._binary_index.add(np.ascontiguousarray(new.codes))
+        self._sign_scan_index = None  # rebuilt on next use (fast, and rarely needed after add)
         self.meta["n_added"] = int(self.meta.get("n_added", 0)) + new.n_items
 
     def add_encoded(self, ids: Sequence[Any], encoded: "Encoded",

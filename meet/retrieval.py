@@ -4,7 +4,9 @@ For each query (all steps batched over a block of queries; nothing loops over th
 gallery in Python):
 
 1. **Hamming filter**: keep the ``R`` items nearest in Hamming distance between packed
-   sign codes (faiss ``IndexBinaryFlat``), ``R`` from ``hamming_rate_{direction}``.
+   sign codes (faiss ``IndexBinaryFlat``), ``R`` from ``hamming_rate_{direction}``; or,
+   with ``hamming_scores="asymmetric"``, the ``R`` best by ``<h, b>``, the query's float
+   hash feature against each item's +-1 code (:func:`meet.filters.asymmetric_filter`).
 2. **Quantization filter**: score the R survivors by ADC, ``sum_m T[m, b_jm]`` with the
    lookup table ``T[m, c] = <h_m, C_m[c]>`` of the query's float hash feature ``h``
    against the *gallery side's* codebooks (t2i: image codebooks, i2t: text codebooks),
@@ -41,8 +43,8 @@ import torch
 
 from meet.config import CascadeConfig
 from meet.errors import ConfigError, DataError
-from meet.filters import (CACHE_CHUNK, WORK_BUDGET, adc_tables, dense_block_scorer, hamming_distances,
-                          hamming_filter, pq_block_scorer, pq_filter, single_threaded,
+from meet.filters import (CACHE_CHUNK, WORK_BUDGET, adc_tables, asymmetric_filter, dense_block_scorer,
+                          hamming_distances, hamming_filter, pq_block_scorer, pq_filter, single_threaded,
                           stream_topk, survivor_count)
 from meet.index import GalleryIndex
 from meet.reweighting import rerank
@@ -94,8 +96,8 @@ class _HammingBlock:
     """One block of queries after the Hamming filter."""
 
     start: int
-    positions: np.ndarray        # (nb, R) survivors, nearest first
-    distances: np.ndarray        # (nb, R)
+    positions: np.ndarray        # (nb, R) survivors, best first
+    scores: np.ndarray           # (nb, R) float32 +-1 code inner products (n_bits - 2 * Hamming, or <h, b>)
     pq_queries: np.ndarray       # (nb, D) what the ADC tables are built from
 
     def sub_blocks(self, n_hamming: int, n_codebooks: int) -> list[tuple["_HammingBlock", int, int]]:
@@ -111,7 +113,7 @@ class _Filtered:
 
     start: int
     hamming_pos: np.ndarray      # (nb, R)
-    hamming_dist: np.ndarray     # (nb, R)
+    hamming_scores: np.ndarray   # (nb, R)
     kept: np.ndarray             # (nb, q) indices into the R survivors
     kept_scores: np.ndarray      # (nb, q)
     candidates: np.ndarray       # (nb, q) gallery positions
@@ -196,7 +198,7 @@ def search(queries: Any, gallery: GalleryIndex, cfg: CascadeConfig, direction: s
         return block, (rr if trace else None), t1 - t0, time.perf_counter() - t1
 
     with _worker_pool(n_workers) as pool:
-        for hamming_block in _hamming_blocks(q, gallery, n_hamming, batch_size, timings):
+        for hamming_block in _hamming_blocks(q, gallery, cfg, n_hamming, batch_size, timings):
             t0 = time.perf_counter()
             done = pool(finish, hamming_block.sub_blocks(n_hamming, gallery.pq_codes.shape[1]))
             _split_wall(timings, time.perf_counter() - t0, sum(d[2] for d in done), sum(d[3] for d in done))
@@ -246,7 +248,7 @@ def stage_survivors(queries: Any, gallery: GalleryIndex, cfg: CascadeConfig, dir
     after_hamming = np.zeros((n_queries, gallery.n_items), bool)
     after_pq = np.zeros((n_queries, gallery.n_items), bool)
     n_hamming, n_pq, _ = stage_sizes(cfg, direction, gallery.n_items)
-    for hamming_block in _hamming_blocks(q, gallery, n_hamming, batch_size, {"hamming": 0.0, "pq": 0.0}):
+    for hamming_block in _hamming_blocks(q, gallery, cfg, n_hamming, batch_size, {"hamming": 0.0, "pq": 0.0}):
         with single_threaded():
             blocks = [_pq_step(*task, gallery, n_pq)
                       for task in hamming_block.sub_blocks(n_hamming, gallery.pq_codes.shape[1])]
@@ -259,30 +261,37 @@ def stage_survivors(queries: Any, gallery: GalleryIndex, cfg: CascadeConfig, dir
 
 # ------------------------------------------------------------------ internals
 
-def _hamming_blocks(q: _Queries, gallery: GalleryIndex, n_hamming: int, batch_size: int,
-                    timings: dict[str, float]) -> Iterator[_HammingBlock]:
+def _hamming_blocks(q: _Queries, gallery: GalleryIndex, cfg: CascadeConfig, n_hamming: int,
+                    batch_size: int, timings: dict[str, float]) -> Iterator[_HammingBlock]:
     """The Hamming filter over up to ``batch_size`` queries at once (faiss shares each
     pass over the codes between them, on all its threads), plus what the quantization
-    filter's tables are built from (the hash features, or the rotated dense vectors)."""
+    filter's tables are built from (the hash features, or the rotated dense vectors).
+    ``cfg.hamming_scores`` picks symmetric (Hamming distance) or asymmetric (``<h, b>``)."""
+    if cfg.hamming_scores not in ("symmetric", "asymmetric"):
+        raise ConfigError(f"hamming_scores={cfg.hamming_scores!r} is neither 'symmetric' nor 'asymmetric'")
     step = max(1, min(batch_size, WORK_BUDGET // max(1, n_hamming)))
     for start in range(0, q.dense.shape[0], step):
         block = q.rows(start, start + step)
         t0 = time.perf_counter()
-        positions, distances = hamming_filter(block.codes, gallery.codes, n_hamming, gallery.binary_index)
+        if cfg.hamming_scores == "asymmetric":
+            positions, scores = asymmetric_filter(block.hash, gallery.codes, n_hamming, gallery.sign_scan_index)
+        else:
+            positions, distances = hamming_filter(block.codes, gallery.codes, n_hamming, gallery.binary_index)
+            scores = (gallery.n_bits - 2.0 * distances).astype(np.float32)
         t1 = time.perf_counter()
         timings["hamming"] += t1 - t0
         pq_queries = gallery.pq_vectors(block.dense, block.hash)
         timings["pq"] += time.perf_counter() - t1
-        yield _HammingBlock(start, positions, distances, pq_queries)
+        yield _HammingBlock(start, positions, scores, pq_queries)
 
 
 def _pq_step(block: _HammingBlock, lo: int, hi: int, gallery: GalleryIndex, n_pq: int) -> _Filtered:
     """The quantization filter over rows ``lo:hi`` of a Hamming block (call it on one
     torch thread: the work is cache-sized)."""
-    pos, dist = block.positions[lo:hi], block.distances[lo:hi]
+    pos, ham = block.positions[lo:hi], block.scores[lo:hi]
     tables = adc_tables(block.pq_queries[lo:hi], gallery.codebooks)
     kept, kept_scores, _ = pq_filter(tables, gallery.pq_codes, pos, n_pq)
-    return _Filtered(block.start + lo, pos, dist, kept, kept_scores, np.take_along_axis(pos, kept, axis=1))
+    return _Filtered(block.start + lo, pos, ham, kept, kept_scores, np.take_along_axis(pos, kept, axis=1))
 
 
 _T = TypeVar("_T")
@@ -349,8 +358,7 @@ def _exhaustive_trace(row: int, direction: str, mode: str, n_items: int, pos: np
 def _cascade_trace(block: _Filtered, rr: Any, b: int, direction: str, mode: str,
                    gallery: GalleryIndex, top_z: int, fusion: bool) -> QueryTrace:
     n_hamming = block.hamming_pos.shape[1]
-    hamming = StageTrace("hamming", block.hamming_pos[b].copy(),
-                         (gallery.n_bits - 2.0 * block.hamming_dist[b]).astype(np.float32),
+    hamming = StageTrace("hamming", block.hamming_pos[b].copy(), block.hamming_scores[b].copy(),
                          np.arange(n_hamming))
     pq = StageTrace("pq", block.candidates[b].copy(), block.kept_scores[b].copy(),
                     np.arange(block.kept.shape[1]), previous_ranks=block.kept[b].copy())

@@ -62,6 +62,12 @@ def ref_hamming(query_codes, codes):
     return (q[:, None, :] != g[None, :, :]).sum(axis=2)
 
 
+def ref_asymmetric(query_hash, codes):
+    """<h, b> with b the +-1 code: float64, (n_queries, n_items)."""
+    signs = np.unpackbits(codes, axis=1, bitorder="little").astype(np.float64) * 2 - 1
+    return query_hash.astype(np.float64) @ signs.T
+
+
 def ordered(keys, positions):
     """Positions sorted by (key, position) -- the one tie rule, written as a Python sort."""
     return [p for _, p in sorted(zip(keys, positions))]
@@ -83,7 +89,10 @@ def ref_cascade(queries, gallery, cfg, direction, mode):
     n = gallery.n_items
     n_h = ref_count(rate_h, n)
     n_q = ref_count(rate_q, n_h)
-    dist = ref_hamming(queries.codes, gallery.codes)
+    if cfg.hamming_scores == "asymmetric":
+        dist = -ref_asymmetric(queries.hash, gallery.codes)
+    else:
+        dist = ref_hamming(queries.codes, gallery.codes)
     adc = ref_adc(queries.hash, gallery)
     dense = ref_dense(queries.dense, gallery)
     out = []
@@ -164,6 +173,52 @@ def test_hamming_filter_equals_stable_sort(method, n_keep):
         expected = ordered(list(reference[i]), list(range(N_ITEMS)))[:n_keep]
         assert pos[i].tolist() == expected
         assert dist[i].tolist() == [reference[i, j] for j in expected]
+
+
+@pytest.mark.parametrize("n_keep", [1, 20, 75, 200])
+def test_asymmetric_filter_equals_exact_ranking(n_keep):
+    gallery, queries = make_gallery(), make_queries()
+    reference = ref_asymmetric(queries.hash, gallery.codes)
+    for scan_index in (gallery.sign_scan_index, None):  # fast scan + re-score, and exact
+        pos, scores = filters.asymmetric_filter(queries.hash, gallery.codes, n_keep, scan_index)
+        for i in range(len(pos)):
+            assert pos[i].tolist() == ordered((-reference[i]).tolist(), list(range(N_ITEMS)))[:n_keep]
+            assert np.allclose(scores[i], reference[i, pos[i]], atol=1e-5)
+
+
+def test_asymmetric_fast_scan_keeps_the_exact_top_on_a_larger_gallery():
+    """64-bit codes, 20,000 items: the fast scan's 8-bit tables must not cost survivors."""
+    rng = np.random.default_rng(11)
+    codes = pack_codes(rng.standard_normal((20000, 64)).astype(np.float32))
+    query_hash = np.tanh(rng.standard_normal((16, 64))).astype(np.float32)
+    reference = ref_asymmetric(query_hash, codes)
+    n_keep = 500
+    pos, scores = filters.asymmetric_filter(query_hash, codes, n_keep, filters.build_sign_scan_index(codes))
+    for i in range(len(pos)):
+        threshold = np.sort(reference[i])[::-1][n_keep - 1]
+        assert (reference[i, pos[i]] >= threshold - 1e-5).all()  # the exact top n_keep, up to ties
+        assert np.allclose(scores[i], reference[i, pos[i]], atol=1e-5)
+        assert pos[i].tolist() == ordered((-scores[i]).tolist(), pos[i].tolist())
+
+
+def test_sign_scan_index_follows_added_items():
+    gallery, queries = make_gallery(n=200, reciprocal=False), make_queries()
+    extra = make_gallery(seed=3, n=100, reciprocal=False)
+    assert gallery.sign_scan_index.ntotal == 200
+    gallery.add([f"new{i}" for i in range(100)], extra.dense, extra.codes, extra.pq_codes)
+    assert gallery.sign_scan_index.ntotal == 300
+    pos, _ = filters.asymmetric_filter(queries.hash, gallery.codes, 30, gallery.sign_scan_index)
+    exact, _ = filters.asymmetric_filter(queries.hash, gallery.codes, 30, None)
+    assert np.array_equal(pos, exact)
+
+
+def test_sign_codebooks_make_packed_bytes_pq_codes():
+    rng = np.random.default_rng(12)
+    codes = pack_codes(rng.standard_normal((50, 32)).astype(np.float32))
+    query_hash = rng.standard_normal((3, 32)).astype(np.float32)
+    tables = filters.adc_tables(query_hash, filters.sign_codebooks(32))
+    adc = filters.adc_gather(tables, filters.gather_codes(codes, np.tile(np.arange(50), (3, 1))))
+    assert np.allclose(adc.numpy(), ref_asymmetric(query_hash, codes), atol=1e-5)
 
 
 def test_stable_top_matches_lexsort_with_heavy_ties():
@@ -253,6 +308,9 @@ CONFIGS = {
     "official": CascadeConfig(fusion=False),
     "official-counts": CascadeConfig(fusion=False, hamming_rate_i2t=100, pq_rate_i2t=30, top_z_i2t=15),
     "strong-weights": CascadeConfig(alpha=0.5, beta=0.7, consistency_temperature=0.2, top_z_t2i=40),
+    # fast scan + exact re-scoring (R small against the gallery), and the exact path
+    "asymmetric-counts": CascadeConfig(hamming_scores="asymmetric", hamming_rate_t2i=60, pq_rate_t2i=20),
+    "asymmetric-fractions": CascadeConfig(hamming_scores="asymmetric"),
 }
 
 
@@ -395,6 +453,8 @@ def test_bad_calls_raise_clear_errors():
         search(queries, gallery, CascadeConfig(consistency_temperature=0.0), "t2i")
     with pytest.raises(ConfigError, match="hamming_rate_t2i"):
         search(queries, gallery, CascadeConfig(hamming_rate_t2i=0.0), "t2i")
+    with pytest.raises(ConfigError, match="hamming_scores"):
+        search(queries, gallery, CascadeConfig(hamming_scores="cosine"), "t2i", mode="cascade")
 
 
 def test_empty_gallery_and_single_query():
