@@ -2,7 +2,7 @@
 re-encoding the gallery.
 
     python benchmarks/recode_index.py --index data/index100k --checkpoint runs/demo-distill \
-        --data data/shapes100k --out data/index100k-distill [--pq-space dense]
+        --data data/shapes100k --out data/index100k-distill [--pq-space dense|residual]
 
 Why: ``meet.hash_refit`` retrains only the hash heads, so a refit checkpoint's dense
 vectors are the ones already stored in an index built by its parent, and encoding
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, required=True, help="the data set the index was built from")
     parser.add_argument("--split", default="test")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--pq-space", choices=["hash", "dense"], default=None)
+    parser.add_argument("--pq-space", choices=["hash", "dense", "residual"], default=None)
     args = parser.parse_args(argv)
     try:
         from meet.data.loading import load_split

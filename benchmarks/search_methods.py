@@ -112,6 +112,7 @@ class CascadeArrays:
     reciprocal: np.ndarray  # (n_items, RECIPROCAL_K) float16, each row descending
     dense_codebooks: np.ndarray  # (n_codebooks, codebook_size, dense_dim / n_codebooks): pq_space="dense"
     rotation: np.ndarray    # (dense_dim, dense_dim) float32 orthogonal: the OPQ rotation's stand-in
+    residual_codebooks: np.ndarray  # (n_codebooks, codebook_size, dense_dim): pq_space="residual"
 
 
 def make_cascade_arrays(vectors: np.ndarray | None, n_items: int, dense_dim: int,
@@ -136,7 +137,9 @@ def make_cascade_arrays(vectors: np.ndarray | None, n_items: int, dense_dim: int
     dense_codebooks = rng.standard_normal((N_CODEBOOKS, CODEBOOK_SIZE, dense_dim // N_CODEBOOKS),
                                           dtype=np.float32) * 0.1
     rotation = np.linalg.qr(rng.standard_normal((dense_dim, dense_dim)))[0].astype(np.float32)
-    return CascadeArrays(dense, codes, pq_codes, codebooks, reciprocal, dense_codebooks, rotation)
+    residual_codebooks = rng.standard_normal((N_CODEBOOKS, CODEBOOK_SIZE, dense_dim), dtype=np.float32) * 0.05
+    return CascadeArrays(dense, codes, pq_codes, codebooks, reciprocal, dense_codebooks, rotation,
+                         residual_codebooks)
 
 
 # -------------------------------------------------------------------------- methods
@@ -248,9 +251,11 @@ def pq_method(arrays: CascadeArrays, work: Workload, k: int) -> Method:
 def cascade_methods(arrays: CascadeArrays, work: Workload, args, k: int) -> list[Method]:
     """MEET's cascade, fractional and count rates, with and without reweighting; the
     count-rate cascade whose quantization filter reads PQ codes of the rotated dense
-    vectors (``pq_space="dense"``: same bytes, plus one rotation per query batch); and that
+    vectors (``pq_space="dense"``: same bytes, plus one rotation per query batch); that
     one again with the asymmetric Hamming filter (``hamming_scores="asymmetric"``: the
-    same codes, scanned by faiss's fast scan against the query's float hash feature)."""
+    same codes, scanned by faiss's fast scan against the query's float hash feature); and
+    the asymmetric filter with residual-quantized dense vectors (``pq_space="residual"``:
+    same bytes, lookup tables from M x K full-size codewords)."""
     from meet.config import CascadeConfig
     from meet.index import GalleryIndex
     from meet.retrieval import search
@@ -268,6 +273,11 @@ def cascade_methods(arrays: CascadeArrays, work: Workload, args, k: int) -> list
         codebooks=arrays.dense_codebooks, fingerprint="synthetic", rotation=arrays.rotation)
     dense_pq_gallery.binary_index
     dense_pq_gallery.sign_scan_index  # likewise for the asymmetric filter
+    residual_gallery = GalleryIndex.from_arrays(
+        side="image", ids=gallery.ids, dense=arrays.dense, codes=arrays.codes, pq_codes=arrays.pq_codes,
+        codebooks=arrays.residual_codebooks, reciprocal=arrays.reciprocal, fingerprint="synthetic",
+        pq_space="residual")
+    residual_gallery.sign_scan_index
     filter_bytes = N_BITS // 8 + N_CODEBOOKS
     dense_bytes = arrays.dense.shape[1] * arrays.dense.itemsize
     reciprocal_bytes = arrays.reciprocal.shape[1] * arrays.reciprocal.itemsize
@@ -277,7 +287,9 @@ def cascade_methods(arrays: CascadeArrays, work: Workload, args, k: int) -> list
                 ("count", args.count_rates, gallery, ("cascade", "meet"), symmetric),
                 ("count, dense PQ", args.count_rates, dense_pq_gallery, ("cascade",), symmetric),
                 ("count, asymmetric Hamming, dense PQ", args.count_rates, dense_pq_gallery, ("cascade",),
-                 asymmetric)]
+                 asymmetric),
+                ("count, asymmetric Hamming, residual PQ", args.count_rates, residual_gallery,
+                 ("cascade", "meet"), asymmetric)]
     if args.skip_fractional:
         settings = settings[1:]
     for label, (ham, pq), searched, modes, base in settings:

@@ -1,15 +1,15 @@
 """Build and save a gallery pair index: ``python -m meet.build_index``.
 
     python -m meet.build_index --checkpoint RUN --data DIR --split test --out INDEX \
-        [--reciprocal-k 100] [--pq-space hash|dense] [--device auto]
+        [--reciprocal-k 100] [--pq-space hash|dense|residual] [--device auto]
 
 Encodes the split's images and captions once with the checkpoint, computes each item's
 top-k scores against the other side (complementarity; ``--reciprocal-k 0`` skips it, which
 a 100k-image gallery may want: it costs n_images x n_captions dot products), and saves
 ``INDEX/image`` and ``INDEX/text`` (see :class:`meet.index.GalleryIndex`). Progress bars
 throughout. ``--pq-space dense`` quantizes the OPQ-rotated dense vectors instead of the hash
-features (same 8 bytes per item; far closer to the dense ranking on a large gallery, see
-:mod:`meet.dense_pq`).
+features, ``--pq-space residual`` the dense vectors by residual quantization (same 8 bytes
+per item; far closer to the dense ranking on a large gallery, see :mod:`meet.dense_pq`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, type=Path, help="index folder (created)")
     parser.add_argument("--reciprocal-k", type=int, default=None,
                         help="top-k scores kept per item against the other side (default: the checkpoint's)")
-    parser.add_argument("--pq-space", choices=["hash", "dense"], default=None,
+    parser.add_argument("--pq-space", choices=["hash", "dense", "residual"], default=None,
                         help="what the quantization filter's codes quantize (default: the checkpoint's)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, default=256)

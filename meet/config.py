@@ -189,11 +189,17 @@ class CascadeConfig:
     :func:`meet.filters.asymmetric_filter`)."""
     pq_space: str = "hash"
     """What an index built with this config quantizes for the quantization filter:
-    ``hash`` (METHOD.md: the hash features, with the model's codebooks) or ``dense`` (the
+    ``hash`` (METHOD.md: the hash features, with the model's codebooks), ``dense`` (the
     dense embedding behind an OPQ rotation fitted on the gallery; same bytes per item,
-    far closer to the dense ranking on large galleries; see :mod:`meet.dense_pq`)."""
+    far closer to the dense ranking on large galleries) or ``residual`` (the dense
+    embedding by residual quantization fitted on the gallery; same bytes and lookup-table
+    size, closer still); see :mod:`meet.dense_pq`."""
     pq_fit_items: int = 100_000
-    """``pq_space="dense"``: gallery items sampled to fit the rotation and codebooks."""
+    """``pq_space="dense"``/``"residual"``: gallery items sampled to fit the codebooks
+    (and the rotation)."""
+    pq_beam_size: int = 8
+    """``pq_space="residual"``: faiss ``ResidualQuantizer``'s beam width, for fitting and
+    encoding (wider: closer codes, slower index builds)."""
 
 
 @dataclass
@@ -343,7 +349,8 @@ def validate(cfg: MEETConfig) -> MEETConfig:
          "--hamming-rate-*/--pq-rate-*", "positive rates (<= 1 a fraction, > 1 a count)"),
         (min(c.top_z_i2t, c.top_z_t2i, c.reciprocal_k) >= 0, "--top-z-*/--reciprocal-k", "0 or more"),
         (c.consistency_temperature > 0, "--consistency-temperature", "a positive temperature"),
-        (c.pq_space in ("hash", "dense"), "--pq-space", "hash or dense"),
+        (c.pq_space in ("hash", "dense", "residual"), "--pq-space", "hash, dense or residual"),
+        (c.pq_beam_size >= 1, "--pq-beam-size", "at least 1"),
         (c.hamming_scores in ("symmetric", "asymmetric"), "--hamming-scores", "symmetric or asymmetric"),
         (c.pq_fit_items >= 1, "--pq-fit-items", "at least 1"),
     ]

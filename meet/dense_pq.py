@@ -1,5 +1,6 @@
-"""Product quantization of the *dense* embedding behind an OPQ rotation: the quantization
-filter's alternative to PQ on the hash features (``pq_space="dense"``).
+"""Quantizing the *dense* embedding for the quantization filter, the alternatives to PQ on
+the hash features: product quantization behind an OPQ rotation (``pq_space="dense"``) and
+residual quantization (``pq_space="residual"``).
 
 Why it exists: METHOD.md quantizes the 64-d hash feature ``h``, so the quantization filter
 can rank no better than ``h`` itself, and a 64-d projection of a 256-d embedding loses the
@@ -15,6 +16,16 @@ The rotation is faiss's :class:`OPQMatrix` (Ge et al., 2013) and the codebooks a
 k-means per sub-space (:class:`meet.quantization.ProductQuantizer`), both fitted on the
 gallery's own dense vectors at index build time (no labels; faiss's ``train`` on the
 database vectors, as for any faiss PQ index).
+
+Residual quantization (faiss :class:`ResidualQuantizer`, beam search; Chen et al., 2010)
+spends the same bytes differently: each of the M codebooks holds K full-dimensional
+codewords, and an item is the *sum* of one codeword per book, each chosen to quantize what
+the previous ones left. For inner products the lookup tables are unchanged in shape
+(``T[m, k] = <x, C_m[k]>``, M x K per query) and ADC is the same sum of M table entries, so
+the filter costs the same per survivor; only building the tables reads M x K x dim
+floats instead of K x dim. Measured on the same 100k gallery and 300 caption queries, the
+share of the dense top-10 in the top 200 / 500 / 1,000 by ADC score: OPQ + PQ 0.734 / 0.863
+/ 0.919, residual 0.966 / 0.987 / 0.994 (beam 8, 8 bytes both).
 """
 
 from __future__ import annotations
@@ -81,3 +92,56 @@ def encode_dense_pq(dense: np.ndarray, rotation: np.ndarray, codebooks: np.ndarr
         rotated = torch.from_numpy(rotate(dense[start:start + block], rotation))
         out[start:start + block] = quantizer.encode(rotated).numpy()
     return out
+
+
+def fit_residual(dense: np.ndarray, n_codebooks: int, codebook_size: int, max_items: int,
+                 beam_size: int, seed: int = 0) -> np.ndarray:
+    """Fit residual-quantizer codebooks ``(M, K, dim)`` float32 on up to ``max_items`` rows
+    of ``dense`` (n, dim), sampled with ``seed``; ``beam_size`` is faiss's beam width."""
+    import faiss  # lazy: heavy
+
+    n, dim = dense.shape
+    nbits = int(np.log2(codebook_size)) if codebook_size > 1 else 0
+    if codebook_size > 256 or 2 ** nbits != codebook_size:
+        raise ConfigError(f"residual quantization needs codebook_size a power of two <= 256, got {codebook_size}",
+                          fix="use pq_space='hash' or 'dense' for this checkpoint")
+    if n < codebook_size:
+        raise ConfigError(f"residual quantization needs at least codebook_size={codebook_size} gallery items "
+                          f"to fit its codebooks, got {n}", fix="use pq_space='hash' for small galleries")
+    rows = np.arange(n) if n <= max_items else np.sort(
+        np.random.default_rng(seed).choice(n, size=max_items, replace=False))
+    quantizer = faiss.ResidualQuantizer(dim, n_codebooks, nbits)
+    quantizer.max_beam_size = int(beam_size)
+    quantizer.cp.seed = int(seed)
+    quantizer.cp.min_points_per_centroid = 1  # small galleries are legitimate; silence the warning
+    quantizer.train(np.ascontiguousarray(np.asarray(dense[rows], dtype=np.float32)))
+    return faiss.vector_to_array(quantizer.codebooks).reshape(n_codebooks, codebook_size, dim).astype(np.float32)
+
+
+def encode_residual(dense: np.ndarray, codebooks: np.ndarray, beam_size: int,
+                    block: int = 65536) -> np.ndarray:
+    """Residual codes of ``dense`` (n, dim) with stored ``codebooks`` (M, K, dim): uint8 (n, M)."""
+    import faiss  # lazy: heavy
+
+    books = np.ascontiguousarray(codebooks, dtype=np.float32)
+    n_codebooks, codebook_size, dim = books.shape
+    quantizer = faiss.ResidualQuantizer(dim, n_codebooks, int(np.log2(codebook_size)))
+    faiss.copy_array_to_vector(books.ravel(), quantizer.codebooks)
+    quantizer.max_beam_size = int(beam_size)
+    quantizer.is_trained = True
+    out = np.empty((dense.shape[0], n_codebooks), dtype=np.uint8)
+    for start in range(0, dense.shape[0], block):
+        rows = np.ascontiguousarray(np.asarray(dense[start:start + block], dtype=np.float32))
+        out[start:start + block] = _unpack_fields(quantizer.compute_codes(rows), n_codebooks,
+                                                  int(np.log2(codebook_size)))
+    return out
+
+
+def _unpack_fields(packed: np.ndarray, n_fields: int, nbits: int) -> np.ndarray:
+    """faiss's bit-packed codes (n, bytes), ``n_fields`` fields of ``nbits`` bits each, least
+    significant bit first -> uint8 (n, n_fields)."""
+    if nbits == 8:
+        return np.ascontiguousarray(packed[:, :n_fields])
+    bits = np.unpackbits(packed, axis=1, bitorder="little")[:, :n_fields * nbits]
+    weights = (1 << np.arange(nbits)).astype(np.uint16)
+    return (bits.reshape(-1, n_fields, nbits) * weights).sum(axis=2).astype(np.uint8)

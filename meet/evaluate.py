@@ -333,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, from {','.join(MODES)}")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--pq-space", choices=["hash", "dense"], default=None,
+    parser.add_argument("--pq-space", choices=["hash", "dense", "residual"], default=None,
                         help="what the quantization filter's codes quantize (default: the checkpoint's)")
     parser.add_argument("--hamming-scores", choices=["symmetric", "asymmetric"], default=None,
                         help="how the Hamming filter ranks codes (default: the checkpoint's)")

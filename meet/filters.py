@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from meet.errors import ConfigError
+from meet.errors import ConfigError, DataError
 
 WORK_BUDGET = 1 << 24
 """Elements (floats or int64) one temporary may hold: ~64-128 MB."""
@@ -320,14 +320,20 @@ def adc_tables(query_hash: np.ndarray | torch.Tensor, codebooks: np.ndarray | to
     vectors of a dense-space index (``GalleryIndex.pq_vectors``); ``codebooks``
     (n_codebooks, codebook_size, sub_dim) -> (n_queries, n_codebooks, codebook_size)
     float32: entry [q, m, c] is the inner product of the query's m-th sub-vector with
-    codeword c of codebook m.
+    codeword c of codebook m. Additive codebooks (residual quantization: each codeword as
+    long as the query, sub_dim = dim) give the query's whole vector against codeword c.
     """
     # Copies (small): codebooks may be a read-only memory map.
     books = torch.as_tensor(np.array(codebooks, dtype=np.float32))
     hashed = torch.as_tensor(np.array(query_hash, dtype=np.float32))
     n_codebooks, _, sub_dim = books.shape
-    sub = hashed.reshape(hashed.shape[0], n_codebooks, sub_dim)
-    return torch.einsum("qmd,mkd->qmk", sub, books)
+    if n_codebooks * sub_dim == hashed.shape[1]:  # product codebooks: one sub-vector each
+        sub = hashed.reshape(hashed.shape[0], n_codebooks, sub_dim)
+        return torch.einsum("qmd,mkd->qmk", sub, books)
+    if sub_dim == hashed.shape[1]:  # additive (residual) codebooks: full-size codewords
+        return torch.einsum("qd,mkd->qmk", hashed, books)
+    raise DataError(f"query vectors of {hashed.shape[1]} dims fit neither product codebooks "
+                    f"{tuple(books.shape)} nor additive ones", fix="encode queries with the index's checkpoint")
 
 
 def adc_gather(tables: torch.Tensor, item_codes: torch.Tensor) -> torch.Tensor:

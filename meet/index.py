@@ -42,6 +42,8 @@ if TYPE_CHECKING:
     from meet.inference import Encoded, MEETModel
 
 SIDES = ("image", "text")
+PQ_SPACES = ("hash", "dense", "residual")
+"""What a gallery's PQ codes can quantize (``CascadeConfig.pq_space``)."""
 PROGRESS_BAR_ITEMS = 20000
 """Galleries with at least this many images + captions get a tqdm bar by default."""
 
@@ -62,14 +64,14 @@ class GalleryIndex:
     def __init__(self, side: str, ids: Sequence[Any], dense: np.ndarray, codes: np.ndarray,
                  pq_codes: np.ndarray, codebooks: np.ndarray, reciprocal: np.ndarray | None = None,
                  fingerprint: str = "", meta: dict | None = None, check_values: bool = True,
-                 rotation: np.ndarray | None = None):
+                 rotation: np.ndarray | None = None, pq_space: str | None = None):
         if side not in SIDES:
             raise ConfigError(f"gallery side {side!r} is neither 'image' nor 'text'")
         self.side = side
         self.ids = [str(i) for i in ids]
+        self._pq_space = _checked_space(pq_space, rotation)
         self.dense, self.codes, self.pq_codes, self.codebooks, self.reciprocal = _checked_arrays(
-            len(self.ids), dense, codes, pq_codes, codebooks, reciprocal, check_values,
-            rotation is not None)
+            len(self.ids), dense, codes, pq_codes, codebooks, reciprocal, check_values, self._pq_space)
         self.rotation = _checked_rotation(rotation, self.dense.shape[1])
         if check_values and len(set(self.ids)) != len(self.ids):
             seen: set[str] = set()
@@ -85,12 +87,15 @@ class GalleryIndex:
     def from_arrays(cls, side: str, ids: Sequence[Any], dense: np.ndarray, codes: np.ndarray,
                     pq_codes: np.ndarray, codebooks: np.ndarray, reciprocal: np.ndarray | None = None,
                     fingerprint: str = "", meta: dict | None = None,
-                    rotation: np.ndarray | None = None) -> "GalleryIndex":
+                    rotation: np.ndarray | None = None, pq_space: str | None = None) -> "GalleryIndex":
         """Wrap ready arrays (shapes/dtypes checked; ``dense``/``reciprocal`` stored as
-        float16, ``codebooks`` float32; float16 input is kept without a copy). With a
-        ``rotation``, ``pq_codes``/``codebooks`` quantize the rotated dense vectors."""
+        float16, ``codebooks`` float32; float16 input is kept without a copy). What
+        ``pq_codes``/``codebooks`` quantize (``pq_space``, default ``"dense"`` with a
+        ``rotation``, else ``"hash"``): the hash features (``hash``: books (M, K, n_bits / M)),
+        the rotated dense vectors (``dense``: books (M, K, dim / M)), or the dense vectors as
+        sums of one full-size codeword per book (``residual``: books (M, K, dim))."""
         return cls(side, ids, dense, codes, pq_codes, codebooks, reciprocal, fingerprint, meta,
-                   rotation=rotation)
+                   rotation=rotation, pq_space=pq_space)
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -107,15 +112,18 @@ class GalleryIndex:
 
     @property
     def pq_space(self) -> str:
-        """What the PQ codes quantize: ``"hash"`` (the model's h) or ``"dense"`` (rotated)."""
-        return "hash" if self.rotation is None else "dense"
+        """What the PQ codes quantize: ``"hash"`` (the model's h), ``"dense"`` (rotated, PQ)
+        or ``"residual"`` (the dense vectors, residual quantization)."""
+        return self._pq_space
 
     def pq_vectors(self, dense: np.ndarray, hash_features: np.ndarray) -> np.ndarray:
         """What this index's PQ codes quantize, for items or queries given both their
         ``dense`` (n, dim) and ``hash_features`` (n, n_bits): the hash features, or the
         dense vectors rotated into the codebooks' space. Lookup tables are built from it."""
-        if self.rotation is None:
+        if self._pq_space == "hash":
             return hash_features
+        if self._pq_space == "residual":
+            return np.asarray(dense, dtype=np.float32)
         from meet.dense_pq import rotate
 
         return rotate(dense, self.rotation)
@@ -164,7 +172,8 @@ class GalleryIndex:
         recomputed, so the other side's stored rankings do not include the new items;
         rebuild both with :func:`build_pair` for exact complementarity.
         """
-        new = GalleryIndex(self.side, ids, dense, codes, pq_codes, self.codebooks, rotation=self.rotation)
+        new = GalleryIndex(self.side, ids, dense, codes, pq_codes, self.codebooks, rotation=self.rotation,
+                           pq_space=self._pq_space)
         if new.dim != self.dim or new.codes.shape[1] != self.codes.shape[1]:
             raise DataError(f"new items have dim {new.dim} / {new.n_bits} bits, the index "
                             f"{self.dim} / {self.n_bits}", fix="encode them with the same checkpoint")
@@ -192,10 +201,14 @@ class GalleryIndex:
         """:meth:`add` for an :class:`~meet.inference.Encoded` (a dense-space index
         quantizes the new dense vectors with its own rotation and codebooks)."""
         pq_codes = encoded.pq_codes
-        if self.rotation is not None:
+        if self._pq_space == "dense":
             from meet.dense_pq import encode_dense_pq
 
             pq_codes = encode_dense_pq(encoded.dense, self.rotation, self.codebooks)
+        elif self._pq_space == "residual":
+            from meet.dense_pq import encode_residual
+
+            pq_codes = encode_residual(encoded.dense, self.codebooks, int(self.meta.get("pq_beam_size", 8)))
         self.add(ids, encoded.dense, encoded.codes, pq_codes, other=other)
 
     def _new_reciprocal(self, new: "GalleryIndex", reciprocal: np.ndarray | None, other: Any) -> np.ndarray:
@@ -225,7 +238,7 @@ class GalleryIndex:
         if self.rotation is not None:
             arrays["rotation"] = self.rotation
         header = {"side": self.side, "ids": self.ids, "fingerprint": self.fingerprint,
-                  "meta": self.meta, "n_items": self.n_items}
+                  "meta": self.meta, "n_items": self.n_items, "pq_space": self._pq_space}
         try:
             json.dumps(self.meta)
         except TypeError as exc:
@@ -258,13 +271,24 @@ class GalleryIndex:
         return cls(header.get("side", ""), header.get("ids", []), arrays["dense"], arrays["codes"],
                    arrays["pq_codes"], arrays["codebooks"], arrays.get("reciprocal"),
                    header.get("fingerprint", ""), header.get("meta", {}), check_values=False,
-                   rotation=arrays.get("rotation"))
+                   rotation=arrays.get("rotation"), pq_space=header.get("pq_space"))
+
+
+def _checked_space(pq_space: str | None, rotation: Any) -> str:
+    """The index's ``pq_space``: as given, or inferred from the rotation (older indexes)."""
+    space = pq_space if pq_space is not None else ("hash" if rotation is None else "dense")
+    if space not in PQ_SPACES:
+        raise ConfigError(f"pq_space {space!r} is not one of {', '.join(PQ_SPACES)}")
+    if (space == "dense") != (rotation is not None):
+        raise DataError(f"gallery index: pq_space={space!r} " + ("needs an OPQ rotation" if space == "dense"
+                        else "takes no rotation"), fix="rebuild the index")
+    return space
 
 
 def _checked_arrays(n: int, dense: Any, codes: Any, pq_codes: Any, codebooks: Any,
-                    reciprocal: Any, check_values: bool, dense_pq: bool = False) -> tuple:
+                    reciprocal: Any, check_values: bool, pq_space: str = "hash") -> tuple:
     """Validate shapes and dtypes against ``n`` ids; return storage-typed arrays.
-    ``dense_pq``: the codebooks cover the dense dimension, not the hash bits."""
+    ``pq_space``: what the codebooks cover (see :meth:`GalleryIndex.from_arrays`)."""
     # asanyarray keeps np.memmap arrays memory-mapped.
     dense, codes, pq_codes = np.asanyarray(dense), np.asanyarray(codes), np.asanyarray(pq_codes)
     codebooks = np.asanyarray(codebooks)
@@ -280,9 +304,13 @@ def _checked_arrays(n: int, dense: Any, codes: Any, pq_codes: Any, codebooks: An
     need(codes.dtype == np.uint8, f"codes must be packed uint8, got {codes.dtype}")
     need(codebooks.ndim == 3, f"codebooks must be (n_codebooks, codebook_size, sub_dim), got {codebooks.shape}")
     n_codebooks, codebook_size, sub_dim = codebooks.shape
-    covered, what = (dense.shape[1], "dense dims") if dense_pq else (codes.shape[1] * 8, "bits")
-    need(n_codebooks * sub_dim == covered,
-         f"codebooks cover {n_codebooks} x {sub_dim} dims but the quantized vectors have {covered} {what}")
+    if pq_space == "residual":
+        need(sub_dim == dense.shape[1], f"residual codebooks hold {sub_dim}-d codewords but the dense "
+             f"vectors have {dense.shape[1]} dims")
+    else:
+        covered, what = (dense.shape[1], "dense dims") if pq_space == "dense" else (codes.shape[1] * 8, "bits")
+        need(n_codebooks * sub_dim == covered,
+             f"codebooks cover {n_codebooks} x {sub_dim} dims but the quantized vectors have {covered} {what}")
     need(pq_codes.ndim == 2 and pq_codes.shape == (n, n_codebooks),
          f"pq_codes must be (n_items={n}, n_codebooks={n_codebooks}), got {pq_codes.shape}")
     need(np.issubdtype(pq_codes.dtype, np.integer), f"pq_codes must be integers, got {pq_codes.dtype}")
@@ -403,10 +431,11 @@ def pair_from_encoded(model: "MEETModel", images: "Encoded", texts: "Encoded",
                       pq_space: str = "hash") -> tuple[GalleryIndex, GalleryIndex]:
     """Index already-encoded images and captions: ``(image_index, text_index)``, each item
     keeping its top ``reciprocal_k`` scores against the other side (0 = none); ``pq_space``
-    ``"dense"`` fits each side's OPQ rotation and codebooks on its own dense vectors.
-    Shared by :func:`build_pair` and evaluation, which has its encodings already."""
-    if pq_space not in ("hash", "dense"):
-        raise ConfigError(f"pq_space {pq_space!r} is neither 'hash' nor 'dense'")
+    ``"dense"`` fits each side's OPQ rotation and codebooks on its own dense vectors,
+    ``"residual"`` its residual codebooks. Shared by :func:`build_pair` and evaluation,
+    which has its encodings already."""
+    if pq_space not in PQ_SPACES:
+        raise ConfigError(f"pq_space {pq_space!r} is not one of {', '.join(PQ_SPACES)}")
     image_rec = text_rec = None
     if reciprocal_k > 0 and len(images) and len(texts):
         image_rec, text_rec = reciprocal_scores(images.dense.astype(np.float16),
@@ -414,23 +443,31 @@ def pair_from_encoded(model: "MEETModel", images: "Encoded", texts: "Encoded",
                                                 reciprocal_k, reciprocal_k, progress=progress)
     fingerprint = model_fingerprint(model)
     meta = {**(meta or {}), "pq_space": pq_space}
+    if pq_space == "residual":
+        meta["pq_beam_size"] = int(model.cfg.cascade.pq_beam_size)
     sides = []
     for side, ids, enc, pq, rec in (("image", image_ids, images, model.model.image_pq, image_rec),
                                     ("text", caption_ids, texts, model.model.text_pq, text_rec)):
         pq_codes, codebooks, rotation = enc.pq_codes, pq.codebooks.detach().cpu().numpy(), None
-        if pq_space == "dense":
-            pq_codes, codebooks, rotation = _dense_quantization(model, enc.dense)
+        if pq_space != "hash":
+            pq_codes, codebooks, rotation = _dense_quantization(model, enc.dense, pq_space)
         sides.append(GalleryIndex.from_arrays(side, ids, enc.dense, enc.codes, pq_codes, codebooks,
-                                              rec, fingerprint, meta, rotation=rotation))
+                                              rec, fingerprint, meta, rotation=rotation, pq_space=pq_space))
     return sides[0], sides[1]
 
 
-def _dense_quantization(model: "MEETModel", dense: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(pq_codes, codebooks, rotation)`` of one side's dense vectors (:mod:`meet.dense_pq`),
-    with the checkpoint's codebook shape and k-means settings."""
-    from meet.dense_pq import encode_dense_pq, fit_dense_pq
+def _dense_quantization(model: "MEETModel", dense: np.ndarray, pq_space: str
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(pq_codes, codebooks, rotation or None)`` of one side's dense vectors
+    (:mod:`meet.dense_pq`), with the checkpoint's codebook shape and fitting settings."""
+    from meet.dense_pq import encode_dense_pq, encode_residual, fit_dense_pq, fit_residual
 
     cfg = model.cfg
+    if pq_space == "residual":
+        beam = cfg.cascade.pq_beam_size
+        codebooks = fit_residual(dense, cfg.model.n_codebooks, cfg.model.codebook_size,
+                                 cfg.cascade.pq_fit_items, beam, seed=cfg.train.seed)
+        return encode_residual(dense, codebooks, beam), codebooks, None
     rotation, codebooks = fit_dense_pq(dense, cfg.model.n_codebooks, cfg.model.codebook_size,
                                        cfg.cascade.pq_fit_items, seed=cfg.train.seed,
                                        n_iter=cfg.train.kmeans_iters)

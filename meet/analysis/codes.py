@@ -134,15 +134,18 @@ def _entropy_bits(share: np.ndarray) -> np.ndarray:
 def quantization_errors(features: Any, pq_codes: Any, codebooks: Any) -> np.ndarray:
     """Squared reconstruction error ``||x - decode(code)||^2`` per item, float64 (n,).
 
-    ``features`` (n, d) the continuous hash features the codes were assigned from;
-    ``pq_codes`` (n, M); ``codebooks`` (M, K, d / M) of the same side. The decode is
-    one gather ``codebooks[m, code[i, m]]`` over a block of items, no loop over items.
+    ``features`` (n, d) the continuous vectors the codes were assigned from;
+    ``pq_codes`` (n, M); ``codebooks`` (M, K, d / M) of the same side, or additive ones
+    (M, K, d) of a residual-quantized index, whose decode is the sum of the M codewords.
+    The decode is one gather ``codebooks[m, code[i, m]]`` over a block of items, no loop
+    over items.
     """
     x = as_array(features, "features", 2, np.float32)
     codes = as_array(pq_codes, "pq_codes", 2)
     books = as_array(codebooks, "codebooks", 3, np.float32)
     n_codebooks, size, sub_dim = books.shape
-    if codes.shape != (x.shape[0], n_codebooks) or x.shape[1] != n_codebooks * sub_dim:
+    additive = n_codebooks > 1 and sub_dim == x.shape[1]
+    if codes.shape != (x.shape[0], n_codebooks) or (x.shape[1] != n_codebooks * sub_dim and not additive):
         raise DataError(f"features {x.shape}, pq_codes {codes.shape} and codebooks {books.shape} "
                         "do not fit together", fix="pass (n, M * sub_dim) features, (n, M) codes "
                         "and (M, K, sub_dim) codebooks of the same side")
@@ -155,8 +158,12 @@ def quantization_errors(features: Any, pq_codes: Any, codebooks: Any) -> np.ndar
     for start in range(0, x.shape[0], step):
         block = codes[start:start + step].astype(np.int64)
         recon = books64[which, block]                                   # (b, M, sub_dim)
-        diff = x[start:start + step].reshape(-1, n_codebooks, sub_dim) - recon
-        out[start:start + block.shape[0]] = np.einsum("bms,bms->b", diff, diff)
+        if additive:
+            diff = x[start:start + step] - recon.sum(axis=1)
+            out[start:start + block.shape[0]] = np.einsum("bd,bd->b", diff, diff)
+        else:
+            diff = x[start:start + step].reshape(-1, n_codebooks, sub_dim) - recon
+            out[start:start + block.shape[0]] = np.einsum("bms,bms->b", diff, diff)
     return out
 
 
