@@ -117,12 +117,20 @@ def stable_top(scores: torch.Tensor, k: int, positions: torch.Tensor | None = No
 
 
 def _full_stable_top(scores: torch.Tensor, k: int, positions: torch.Tensor | None) -> torch.Tensor:
-    """:func:`stable_top` by one stable sort of every column (in position order)."""
+    """:func:`stable_top` by sorting every column once.
+
+    With positions, the sort key is one int64 per entry: the float32 score mapped to an
+    order-preserving int32 (``-0.0`` first made ``+0.0``, so equal scores stay equal),
+    negated, in the high half and the position (< 2**32) in the low half, so a plain
+    ascending sort is (score desc, position asc). One sort instead of an argsort of the
+    positions plus a stable sort of the scores: about half the time.
+    """
     if positions is None:
         return torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
-    perm = torch.argsort(positions, dim=1)
-    order = torch.sort(scores.gather(1, perm), dim=1, descending=True, stable=True).indices[:, :k]
-    return perm.gather(1, order)
+    bits = (scores.to(torch.float32) + 0.0).contiguous().view(torch.int32).long()
+    ordinal = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)  # increasing with the score
+    key = (-1 - ordinal) * (1 << 32) + positions
+    return torch.sort(key, dim=1).indices[:, :k]
 
 
 # ------------------------------------------------------------------ Hamming filter
@@ -331,7 +339,8 @@ def adc_tables(query_hash: np.ndarray | torch.Tensor, codebooks: np.ndarray | to
         sub = hashed.reshape(hashed.shape[0], n_codebooks, sub_dim)
         return torch.einsum("qmd,mkd->qmk", sub, books)
     if sub_dim == hashed.shape[1]:  # additive (residual) codebooks: full-size codewords
-        return torch.einsum("qd,mkd->qmk", hashed, books)
+        return (hashed @ books.reshape(n_codebooks * books.shape[1], sub_dim).T).reshape(
+            hashed.shape[0], n_codebooks, books.shape[1])
     raise DataError(f"query vectors of {hashed.shape[1]} dims fit neither product codebooks "
                     f"{tuple(books.shape)} nor additive ones", fix="encode queries with the index's checkpoint")
 

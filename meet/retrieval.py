@@ -98,7 +98,7 @@ class _HammingBlock:
     start: int
     positions: np.ndarray        # (nb, R) survivors, best first
     scores: np.ndarray           # (nb, R) float32 +-1 code inner products (n_bits - 2 * Hamming, or <h, b>)
-    pq_queries: np.ndarray       # (nb, D) what the ADC tables are built from
+    tables: torch.Tensor         # (nb, M, K) the quantization filter's lookup tables
 
     def sub_blocks(self, n_hamming: int, n_codebooks: int) -> list[tuple["_HammingBlock", int, int]]:
         """(self, lo, hi) row ranges whose gathered PQ codes fit :data:`CACHE_CHUNK`."""
@@ -264,8 +264,9 @@ def stage_survivors(queries: Any, gallery: GalleryIndex, cfg: CascadeConfig, dir
 def _hamming_blocks(q: _Queries, gallery: GalleryIndex, cfg: CascadeConfig, n_hamming: int,
                     batch_size: int, timings: dict[str, float]) -> Iterator[_HammingBlock]:
     """The Hamming filter over up to ``batch_size`` queries at once (faiss shares each
-    pass over the codes between them, on all its threads), plus what the quantization
-    filter's tables are built from (the hash features, or the rotated dense vectors).
+    pass over the codes between them, on all its threads), plus the quantization filter's
+    lookup tables for the block (one matrix product on all torch threads: for residual
+    codebooks that is M x K x dim floats read once per block, not once per sub-block).
     ``cfg.hamming_scores`` picks symmetric (Hamming distance) or asymmetric (``<h, b>``)."""
     if cfg.hamming_scores not in ("symmetric", "asymmetric"):
         raise ConfigError(f"hamming_scores={cfg.hamming_scores!r} is neither 'symmetric' nor 'asymmetric'")
@@ -280,17 +281,16 @@ def _hamming_blocks(q: _Queries, gallery: GalleryIndex, cfg: CascadeConfig, n_ha
             scores = (gallery.n_bits - 2.0 * distances).astype(np.float32)
         t1 = time.perf_counter()
         timings["hamming"] += t1 - t0
-        pq_queries = gallery.pq_vectors(block.dense, block.hash)
+        tables = adc_tables(gallery.pq_vectors(block.dense, block.hash), gallery.codebooks)
         timings["pq"] += time.perf_counter() - t1
-        yield _HammingBlock(start, positions, scores, pq_queries)
+        yield _HammingBlock(start, positions, scores, tables)
 
 
 def _pq_step(block: _HammingBlock, lo: int, hi: int, gallery: GalleryIndex, n_pq: int) -> _Filtered:
     """The quantization filter over rows ``lo:hi`` of a Hamming block (call it on one
     torch thread: the work is cache-sized)."""
     pos, ham = block.positions[lo:hi], block.scores[lo:hi]
-    tables = adc_tables(block.pq_queries[lo:hi], gallery.codebooks)
-    kept, kept_scores, _ = pq_filter(tables, gallery.pq_codes, pos, n_pq)
+    kept, kept_scores, _ = pq_filter(block.tables[lo:hi], gallery.pq_codes, pos, n_pq)
     return _Filtered(block.start + lo, pos, ham, kept, kept_scores, np.take_along_axis(pos, kept, axis=1))
 
 
