@@ -249,6 +249,20 @@ def test_stable_top_matches_lexsort_with_heavy_ties():
     assert torch.equal(stable_top(distinct, 10), torch.sort(distinct, dim=1, descending=True, stable=True).indices[:, :10])
 
 
+def test_row_reader_equals_fancy_indexing_writable_or_not():
+    rng = np.random.default_rng(13)
+    positions = rng.integers(0, 60, (3, 7))
+    for dtype in (np.float16, np.float32):
+        stored = rng.standard_normal((60, 5)).astype(dtype)
+        expected = torch.from_numpy(stored[positions].astype(np.float32))
+        for writable in (True, False):
+            stored.setflags(write=writable)  # a loaded index is a read-only memory map
+            read = reweighting.RowReader(stored, 21)
+            assert torch.equal(read(positions), expected)
+            assert torch.equal(read(positions[:1, :3]), expected[:1, :3])  # buffer reused
+        stored.setflags(write=True)
+
+
 def test_stream_topk_merges_blocks_exactly():
     rng = np.random.default_rng(6)
     scores = torch.from_numpy(rng.integers(0, 5, (3, 97)).astype(np.float32))
