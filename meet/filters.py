@@ -191,9 +191,10 @@ def hamming_filter(query_codes: np.ndarray, codes: np.ndarray, n_keep: int,
 
     After faiss, the k results are put in order of the packed key ``distance * n_items +
     position`` (a check, O(k), and a sort only where faiss's output is not already in that
-    order), so the order never rests on faiss's output order. ``method``: ``auto``, ``counting``, ``heap`` or ``sort`` (tests force each;
-    ``tests/test_retrieval.py`` checks all three against a popcount reference with heavy
-    ties). Not thread-safe on a shared ``binary_index`` (it sets ``use_heap``).
+    order), so the order never rests on faiss's output order. ``method``: ``auto``,
+    ``counting``, ``heap`` or ``sort`` (tests force each; ``tests/test_retrieval.py``
+    checks all three against a popcount reference with heavy ties). Not thread-safe on a
+    shared ``binary_index`` (it sets ``use_heap``).
     """
     n_items = codes.shape[0]
     n_queries = query_codes.shape[0]

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
+from meet.config import CascadeConfig
 from meet.errors import CheckpointError, ConfigError, DataError
 from meet.filters import build_binary_index, build_sign_scan_index
 from meet.index_store import read_arrays, read_header, sha256_file, write_index_folder
@@ -208,7 +209,8 @@ class GalleryIndex:
         elif self._pq_space == "residual":
             from meet.dense_pq import encode_residual
 
-            pq_codes = encode_residual(encoded.dense, self.codebooks, int(self.meta.get("pq_beam_size", 8)))
+            beam = self.meta.get("pq_beam_size", CascadeConfig().pq_beam_size)  # what it was built with
+            pq_codes = encode_residual(encoded.dense, self.codebooks, int(beam))
         self.add(ids, encoded.dense, encoded.codes, pq_codes, other=other)
 
     def _new_reciprocal(self, new: "GalleryIndex", reciprocal: np.ndarray | None, other: Any) -> np.ndarray:
