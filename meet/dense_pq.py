@@ -43,6 +43,19 @@ def rotate(dense: np.ndarray | torch.Tensor, rotation: np.ndarray) -> np.ndarray
     return np.asarray(x, dtype=np.float32) @ np.asarray(rotation, dtype=np.float32).T
 
 
+def fitting_sample(dense: np.ndarray, codebook_size: int, max_items: int, seed: int, what: str) -> np.ndarray:
+    """Up to ``max_items`` rows of ``dense`` (sampled with ``seed``, in gallery order) as
+    contiguous float32, for fitting codebooks of ``codebook_size`` codewords; a gallery
+    smaller than one codebook is a clear error."""
+    n = dense.shape[0]
+    if n < codebook_size:
+        raise ConfigError(f"{what} needs at least codebook_size={codebook_size} gallery items to fit "
+                          f"its codebooks, got {n}", fix="use pq_space='hash' for small galleries")
+    rows = np.arange(n) if n <= max_items else np.sort(
+        np.random.default_rng(seed).choice(n, size=max_items, replace=False))
+    return np.ascontiguousarray(np.asarray(dense[rows], dtype=np.float32))
+
+
 def fit_dense_pq(dense: np.ndarray, n_codebooks: int, codebook_size: int, max_items: int,
                  seed: int = 0, n_iter: int = 20) -> tuple[np.ndarray, np.ndarray]:
     """Fit ``(rotation (dim, dim) float32, codebooks (M, K, dim / M) float32)`` on up to
@@ -50,19 +63,14 @@ def fit_dense_pq(dense: np.ndarray, n_codebooks: int, codebook_size: int, max_it
     OPQ alternations and the k-means iterations."""
     import faiss  # lazy: heavy
 
-    n, dim = dense.shape
+    dim = dense.shape[1]
     if dim % n_codebooks:
         raise ConfigError(f"dense PQ: embed_dim={dim} is not divisible by n_codebooks={n_codebooks}",
                           fix="use pq_space='hash' for this checkpoint")
     if codebook_size > 256:
         raise ConfigError(f"dense PQ stores one byte per codebook; codebook_size={codebook_size} > 256",
                           fix="use pq_space='hash' for this checkpoint")
-    if n < codebook_size:
-        raise ConfigError(f"dense PQ needs at least codebook_size={codebook_size} gallery items to fit "
-                          f"its codebooks, got {n}", fix="use pq_space='hash' for small galleries")
-    rows = np.arange(n) if n <= max_items else np.sort(
-        np.random.default_rng(seed).choice(n, size=max_items, replace=False))
-    sample = np.ascontiguousarray(np.asarray(dense[rows], dtype=np.float32))
+    sample = fitting_sample(dense, codebook_size, max_items, seed, "dense PQ")
     opq = faiss.OPQMatrix(dim, n_codebooks)
     # The PQ that OPQ alternates with while learning the rotation: same codebook count, and
     # 2**nbits <= codebook_size codewords (faiss needs a power of two; our own codebooks
@@ -100,21 +108,17 @@ def fit_residual(dense: np.ndarray, n_codebooks: int, codebook_size: int, max_it
     of ``dense`` (n, dim), sampled with ``seed``; ``beam_size`` is faiss's beam width."""
     import faiss  # lazy: heavy
 
-    n, dim = dense.shape
+    dim = dense.shape[1]
     nbits = int(np.log2(codebook_size)) if codebook_size > 1 else 0
     if codebook_size > 256 or 2 ** nbits != codebook_size:
         raise ConfigError(f"residual quantization needs codebook_size a power of two <= 256, got {codebook_size}",
                           fix="use pq_space='hash' or 'dense' for this checkpoint")
-    if n < codebook_size:
-        raise ConfigError(f"residual quantization needs at least codebook_size={codebook_size} gallery items "
-                          f"to fit its codebooks, got {n}", fix="use pq_space='hash' for small galleries")
-    rows = np.arange(n) if n <= max_items else np.sort(
-        np.random.default_rng(seed).choice(n, size=max_items, replace=False))
+    sample = fitting_sample(dense, codebook_size, max_items, seed, "residual quantization")
     quantizer = faiss.ResidualQuantizer(dim, n_codebooks, nbits)
     quantizer.max_beam_size = int(beam_size)
     quantizer.cp.seed = int(seed)
     quantizer.cp.min_points_per_centroid = 1  # small galleries are legitimate; silence the warning
-    quantizer.train(np.ascontiguousarray(np.asarray(dense[rows], dtype=np.float32)))
+    quantizer.train(sample)
     return faiss.vector_to_array(quantizer.codebooks).reshape(n_codebooks, codebook_size, dim).astype(np.float32)
 
 
