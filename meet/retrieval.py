@@ -300,8 +300,9 @@ _R = TypeVar("_R")
 
 @contextmanager
 def _worker_pool(n_workers: int) -> Iterator[Callable[[Callable[[_T], _R], Sequence[_T]], list[_R]]]:
-    """``run(fn, tasks) -> [fn(task) ...]`` in task order, on ``n_workers`` threads, each
-    with torch at one intra-op thread while they run."""
+    """``run(fn, tasks) -> [fn(task) ...]`` in task order, on ``n_workers`` threads (in the
+    calling thread when there is one worker or one task), torch at one intra-op thread."""
+    pool = ThreadPoolExecutor(n_workers, thread_name_prefix="meet-search") if n_workers > 1 else None
 
     def one_thread(fn: Callable[[_T], _R]) -> Callable[[_T], _R]:
         def call(task: _T) -> _R:
@@ -309,19 +310,17 @@ def _worker_pool(n_workers: int) -> Iterator[Callable[[Callable[[_T], _R], Seque
             return fn(task)
         return call
 
-    if n_workers == 1:
-        def run_here(fn: Callable[[_T], _R], tasks: Sequence[_T]) -> list[_R]:
-            with single_threaded():
+    def run(fn: Callable[[_T], _R], tasks: Sequence[_T]) -> list[_R]:
+        with single_threaded():
+            if pool is None or len(tasks) <= 1:
                 return [fn(task) for task in tasks]
-        yield run_here
-        return
-    with ThreadPoolExecutor(n_workers, thread_name_prefix="meet-search") as pool:
-        def run(fn: Callable[[_T], _R], tasks: Sequence[_T]) -> list[_R]:
-            with single_threaded():
-                if len(tasks) <= 1:
-                    return [fn(task) for task in tasks]
-                return list(pool.map(one_thread(fn), tasks))
+            return list(pool.map(one_thread(fn), tasks))
+
+    try:
         yield run
+    finally:
+        if pool is not None:
+            pool.shutdown()
 
 
 def _split_wall(timings: dict[str, float], wall: float, pq_seconds: float, rerank_seconds: float) -> None:

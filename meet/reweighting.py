@@ -74,24 +74,15 @@ class Rerank:
     """float32 ``comp_j`` (0 outside the top z)."""
 
 
-def gather_rows(dense: np.ndarray, positions: np.ndarray) -> torch.Tensor:
-    """Stored rows at ``positions`` (any shape P) -> float32 tensor (*P, dim).
-
-    The float16 -> float32 conversion runs in torch (SIMD), not numpy (scalar, ~15x
-    slower); numpy only gathers the rows."""
-    rows = torch.from_numpy(dense[positions])
-    return rows.float() if rows.dtype != torch.float32 else rows
-
-
 class RowReader:
     """Gathers stored rows as float32 into buffers reused from call to call.
 
-    Why not :func:`gather_rows` in the hot loop: a fresh multi-megabyte array per block
-    costs page faults, and torch's ``index_select`` gathers float16 rows about twice as
-    fast as numpy's fancy indexing (1M x 1024 rows, 300 per query: 0.20 against 0.40 ms
-    per query). A read-only array (a memory-mapped index) is gathered by ``np.take`` into
-    the same buffer instead: torch warns on wrapping read-only memory. The returned tensor
-    is a view of the buffer: use it before the next call.
+    Why: a fresh multi-megabyte array per block costs page faults, and torch's
+    ``index_select`` gathers float16 rows about twice as fast as numpy's fancy indexing
+    (1M x 1024 rows, 300 per query: 0.20 against 0.40 ms per query). A read-only array (a
+    memory-mapped index) is gathered by ``np.take`` into the same buffer instead: torch
+    warns on wrapping read-only memory. The float16 -> float32 conversion runs in torch
+    (SIMD). The returned tensor is a view of the buffer: use it before the next call.
     """
 
     def __init__(self, dense: np.ndarray, max_rows: int):
@@ -100,6 +91,11 @@ class RowReader:
         self.raw_np = np.empty((max_rows, dense.shape[1]), dtype=dense.dtype)
         self.raw = torch.from_numpy(self.raw_np)
         self.rows = self.raw if dense.dtype == np.float32 else torch.empty(max_rows, dense.shape[1])
+
+    @classmethod
+    def for_chunks(cls, dense: np.ndarray, chunks: list[tuple[slice, slice]]) -> "RowReader":
+        """A reader whose buffer holds the largest of :func:`_chunks`' blocks."""
+        return cls(dense, max(((q.stop - q.start) * (c.stop - c.start) for q, c in chunks), default=0))
 
     def __call__(self, positions: np.ndarray) -> torch.Tensor:
         """Rows at ``positions`` (any shape P, at most ``max_rows`` in all) -> (*P, dim)."""
@@ -136,7 +132,7 @@ def dense_scores(query_dense: torch.Tensor, dense: np.ndarray, candidates: np.nd
     scores = torch.empty(n_queries, n_candidates)
     norms = torch.empty(n_queries, n_candidates) if with_norms else None
     chunks = _chunks(n_queries, n_candidates, dense.shape[1])
-    read = RowReader(dense, max(((q.stop - q.start) * (c.stop - c.start) for q, c in chunks), default=0))
+    read = RowReader.for_chunks(dense, chunks)
     for rows_q, cols in chunks:
         rows = read(candidates[rows_q, cols])  # (b, c, d)
         scores[rows_q, cols] = torch.bmm(rows, query_dense[rows_q].unsqueeze(2)).squeeze(2)
@@ -164,8 +160,9 @@ def scores_and_consistency(query_dense: torch.Tensor, dense: np.ndarray, candida
     norms = torch.empty(n_queries, n_candidates)
     memory = torch.zeros(n_queries, dense.shape[1])
     running_max = torch.full((n_queries,), -torch.inf)
+    read = RowReader.for_chunks(dense, chunks)
     for rows_q, cols in chunks:
-        rows = gather_rows(dense, candidates[rows_q, cols])  # (b, c, d)
+        rows = read(candidates[rows_q, cols])  # (b, c, d)
         s = torch.bmm(rows, query_dense[rows_q].unsqueeze(2)).squeeze(2)
         scores[rows_q, cols] = s
         norms[rows_q, cols] = rows.norm(dim=2)
@@ -180,7 +177,7 @@ def scores_and_consistency(query_dense: torch.Tensor, dense: np.ndarray, candida
     if not whole_rows:
         unit = memory / memory.norm(dim=1, keepdim=True).clamp_min(1e-12)
         for rows_q, cols in chunks:
-            rows = gather_rows(dense, candidates[rows_q, cols])
+            rows = read(candidates[rows_q, cols])
             agreement[rows_q, cols] = torch.bmm(rows, unit[rows_q].unsqueeze(2)).squeeze(2)
     attention = torch.softmax(scores / temperature, dim=1)
     return scores, attention, agreement / norms.clamp_min(1e-12)
@@ -190,7 +187,7 @@ def complementarity_ranks(query_dense: torch.Tensor, dense: np.ndarray, reciproc
                           top: np.ndarray) -> torch.Tensor:
     """``rank_j`` (n_queries, z) int64 for candidates ``top`` (n_queries, z) gallery positions:
     how many of j's stored top-k scores beat the query's float16 score with j."""
-    rows = gather_rows(dense, top)  # (nq, z, d), exact float16 values
+    rows = RowReader(dense, top.size)(top)  # (nq, z, d), exact float16 values
     query16 = query_dense.half().float()
     score16 = torch.bmm(rows, query16.unsqueeze(2)).squeeze(2).half().float()
     stored = torch.from_numpy(reciprocal[top]).float()  # (nq, z, k)
