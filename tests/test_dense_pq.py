@@ -21,7 +21,8 @@ from meet.errors import ConfigError, DataError
 from meet.index import GalleryIndex, build_pair
 from meet.quantization import pack_codes
 from meet.retrieval import full_scores, search
-from test_retrieval import DIM, N_BITS, N_ITEMS, make_queries, ref_cascade, unit
+from test_retrieval import (DIM, N_BITS, N_ITEMS, assert_matches_reference, encoded_items, make_queries,
+                            ref_cascade, unit)
 
 N_CODEBOOKS, CODEBOOK_SIZE = 4, 16
 
@@ -71,10 +72,7 @@ def test_cascade_over_dense_pq_matches_loop_reference(mode, direction):
     # The reference computes ADC from ``hash``: hand it the rotated dense query instead.
     as_reference = SimpleNamespace(dense=queries.dense, codes=queries.codes,
                                    hash=rotate(queries.dense, gallery.rotation))
-    for i, (ham, pq, _, order) in enumerate(ref_cascade(as_reference, gallery, cfg, direction, mode)):
-        assert result.traces[i].stage("hamming").ids.tolist() == ham
-        assert result.traces[i].stage("pq").ids.tolist() == pq
-        assert result.ids[i].tolist() == order[:10]
+    assert_matches_reference(result, ref_cascade(as_reference, gallery, cfg, direction, mode))
 
 
 def test_pq_mode_scores_are_rotated_adc():
@@ -91,13 +89,9 @@ def test_save_load_add_keep_the_rotation(tmp_path):
     loaded = GalleryIndex.load(tmp_path / "image")
     assert loaded.pq_space == "dense"
     assert np.array_equal(loaded.rotation, gallery.rotation)
-    rng = np.random.default_rng(9)
-    dense = unit(rng, 5, DIM)
-    hashed = np.tanh(rng.standard_normal((5, N_BITS))).astype(np.float32)
-    new = SimpleNamespace(dense=dense, hash=hashed, codes=pack_codes(hashed),
-                          pq_codes=np.zeros((5, N_CODEBOOKS), np.uint8))  # hash-space codes: ignored
+    new = encoded_items(5, n_codebooks=N_CODEBOOKS)
     loaded.add_encoded([f"new{i}" for i in range(5)], new)
-    assert np.array_equal(loaded.pq_codes[-5:], encode_dense_pq(dense, gallery.rotation, gallery.codebooks))
+    assert np.array_equal(loaded.pq_codes[-5:], encode_dense_pq(new.dense, gallery.rotation, gallery.codebooks))
 
 
 def test_bad_rotation_and_tiny_gallery_are_clear_errors():

@@ -9,7 +9,6 @@ agree with the same loop reference as the other spaces, the codes must be faiss'
 from __future__ import annotations
 
 import functools
-from types import SimpleNamespace
 
 import faiss
 import numpy as np
@@ -23,7 +22,8 @@ from meet.errors import ConfigError, DataError
 from meet.index import GalleryIndex, build_pair
 from meet.quantization import pack_codes
 from meet.retrieval import full_scores, search
-from test_retrieval import DIM, N_BITS, N_ITEMS, make_queries, ref_cascade, unit
+from test_retrieval import (DIM, N_BITS, N_ITEMS, assert_matches_reference, encoded_items, make_queries,
+                            ref_cascade, unit)
 
 N_CODEBOOKS, CODEBOOK_SIZE, BEAM = 4, 16, 4
 
@@ -76,10 +76,7 @@ def test_cascade_over_residual_pq_matches_loop_reference(mode, direction, monkey
     result = search(queries, gallery, cfg, direction, k=10, mode=mode, trace=True)
     # The reference's ADC: the dense query against each item's sum of codewords.
     monkeypatch.setattr(test_retrieval, "ref_adc", lambda _hash, g: ref_additive_adc(queries.dense, g))
-    for i, (ham, pq, _, order) in enumerate(ref_cascade(queries, gallery, cfg, direction, mode)):
-        assert result.traces[i].stage("hamming").ids.tolist() == ham
-        assert result.traces[i].stage("pq").ids.tolist() == pq
-        assert result.ids[i].tolist() == order[:10]
+    assert_matches_reference(result, ref_cascade(queries, gallery, cfg, direction, mode))
 
 
 def test_pq_mode_scores_are_additive_adc():
@@ -95,13 +92,9 @@ def test_save_load_add_keep_the_residual_space(tmp_path):
     loaded = GalleryIndex.load(tmp_path / "image")
     assert loaded.pq_space == "residual" and loaded.rotation is None
     assert np.array_equal(loaded.codebooks, gallery.codebooks)
-    rng = np.random.default_rng(9)
-    dense = unit(rng, 5, DIM)
-    hashed = np.tanh(rng.standard_normal((5, N_BITS))).astype(np.float32)
-    new = SimpleNamespace(dense=dense, hash=hashed, codes=pack_codes(hashed),
-                          pq_codes=np.zeros((5, N_CODEBOOKS), np.uint8))  # hash-space codes: ignored
+    new = encoded_items(5, n_codebooks=N_CODEBOOKS)
     loaded.add_encoded([f"new{i}" for i in range(5)], new)
-    assert np.array_equal(loaded.pq_codes[-5:], encode_residual(dense, gallery.codebooks, BEAM))
+    assert np.array_equal(loaded.pq_codes[-5:], encode_residual(new.dense, gallery.codebooks, BEAM))
 
 
 def test_bad_residual_arrays_are_clear_errors():

@@ -130,6 +130,23 @@ def ref_cascade(queries, gallery, cfg, direction, mode):
     return out
 
 
+def assert_matches_reference(result, reference, k=10):
+    """Each query's Hamming survivors, PQ survivors and top k equal the loop reference's."""
+    for i, (ham, pq, _, order) in enumerate(reference):
+        assert result.traces[i].stage("hamming").ids.tolist() == ham
+        assert result.traces[i].stage("pq").ids.tolist() == pq
+        assert result.ids[i].tolist() == order[:k]
+
+
+def encoded_items(n, seed=9, n_codebooks=4):
+    """``n`` new items as an Encoded would hold them; their hash-space PQ codes are zeros
+    (a dense- or residual-space index must re-encode them)."""
+    rng = np.random.default_rng(seed)
+    hashed = np.tanh(rng.standard_normal((n, N_BITS))).astype(np.float32)
+    return SimpleNamespace(dense=unit(rng, n, DIM), hash=hashed, codes=pack_codes(hashed),
+                           pq_codes=np.zeros((n, n_codebooks), np.uint8))
+
+
 # ------------------------------------------------------------------ building blocks
 
 def test_survivor_count_fraction_and_count():
