@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from meet.cli import atomic_folder, atomic_write_json
 from meet.config import MEETConfig, validate
 from meet.data.vocab import Vocabulary
 from meet.errors import CheckpointError, MEETError
@@ -55,33 +55,17 @@ def _fault_pause() -> None:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` via a temporary file and ``os.replace`` (atomic on POSIX)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync_dir(folder: Path) -> None:
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with open(path, "rb+") as f:
-                os.fsync(f.fileno())
+    """Write JSON to ``path`` atomically (:func:`meet.cli.atomic_write_json`)."""
+    atomic_write_json(path, data)
 
 
 def save_checkpoint(model: MEET, cfg: MEETConfig, folder: Path,
                     trainer_state: dict[str, Any] | None = None,
                     optimizer: torch.optim.Optimizer | None = None) -> Path:
-    """Write a complete checkpoint folder atomically; returns ``folder``."""
+    """Write a complete checkpoint folder atomically (:func:`meet.cli.atomic_folder`:
+    flushed, then renamed into place); returns ``folder``."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    with atomic_folder(folder) as tmp:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         weights = {k: v for k, v in state.items() if not k.startswith(_PQ_PREFIXES)}
         codebooks = {k: v for k, v in state.items() if k.startswith(_PQ_PREFIXES)}
@@ -101,13 +85,6 @@ def save_checkpoint(model: MEET, cfg: MEETConfig, folder: Path,
             (tmp / "optimizer.json").write_text(json.dumps(meta))
         for path in tmp.rglob("*"):
             path.chmod(0o755 if path.is_dir() else 0o644)  # safetensors writes 0600
-        _fsync_dir(tmp)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.rename(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     _fault_pause()
     return folder
 

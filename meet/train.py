@@ -25,11 +25,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from meet.cli import atomic_write_text
 from meet.checkpoint import (POINTER, load_optimizer_state, load_tensors, read_config,
                              read_pointer, save_checkpoint, write_json_atomic)
-from meet.config import MEETConfig, field_index, preset, validate
+from meet import cli
+from meet.config import SECTIONS, MEETConfig, field_index, preset, validate
 from meet.data.batches import PairBatches, epoch_pairs
-from meet.data.dataset import ImageTextDataset
 from meet.data.vocab import Vocabulary
 from meet.errors import CheckpointError, ConfigError, DataError, MEETError
 from meet.evaluate import evaluate
@@ -38,24 +39,6 @@ from meet.losses import MEETLoss
 from meet.model import MEET, build_model
 
 RESUMABLE_FLAGS = {"epochs", "device", "num_workers", "eval_batch_size"}
-
-
-def _parse_bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
-
-
-def _parse_weights(text: str) -> dict[str, float]:
-    try:
-        value = json.loads(text)
-        assert isinstance(value, dict)
-        return {str(k): float(v) for k, v in value.items()}
-    except (json.JSONDecodeError, AssertionError, TypeError, ValueError) as exc:
-        raise argparse.ArgumentTypeError(f'expected a JSON object like {{"count": 0.5}}, got {text!r}') from exc
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,12 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     parser.add_argument("--image-dir", type=Path, default=None, help="raw images, if not under --data")
     parser.add_argument("--val-split", default="val")
-    defaults = MEETConfig()
-    for name, section in field_index().items():
-        value = getattr(getattr(defaults, section), name)
-        kind = {bool: _parse_bool, int: int, float: float, str: str, dict: _parse_weights}[type(value)]
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=argparse.SUPPRESS,
-                            help=f"{section}.{name} (preset value unless given)")
+    for section, klass in SECTIONS.items():
+        cli.add_config_flags(parser.add_argument_group(f"{section} (preset value unless given)"), klass,
+                             section=section)
     return parser
 
 
@@ -259,9 +239,7 @@ def _epoch_summary(sums: dict[str, float]) -> dict[str, float]:
 def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
     """Rewrite metrics.jsonl from the checkpointed history (atomic), so a resumed run
     never has lines from epochs it lost."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in history))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in history))
 
 
 def _to(pairs: Any, device: torch.device) -> Any:
@@ -322,6 +300,10 @@ def prepare_run(args: argparse.Namespace, main_process: bool = True) -> MEETConf
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    return cli.run(lambda: _main(args))
+
+
+def _main(args: argparse.Namespace) -> None:
     main_process = int(os.environ.get("RANK", "0")) == 0
     created = False
     try:
@@ -344,17 +326,15 @@ def main(argv: list[str] | None = None) -> int:
         resume = args.resume and "last" in read_pointer(args.out)
         trainer = Trainer(cfg, args.data, args.out, args.image_dir, args.val_split, resume=resume)
         best = trainer.run()
-    except MEETError as exc:
-        if created and not (args.out / POINTER).exists():
+    except MEETError:
+        if created and not (args.out / POINTER).exists():  # nothing half-written: a run that saved nothing goes
             shutil.rmtree(args.out, ignore_errors=True)
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise
     if trainer.main_process:
         print(f"best epoch {best['epoch'] + 1} ({cfg.train.select_metric} = {best['score']:.2f}); "
               f"checkpoint: {args.out / read_pointer(args.out)['best']}")
     if trainer.world > 1:
         torch.distributed.destroy_process_group()
-    return 0
 
 
 if __name__ == "__main__":

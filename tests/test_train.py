@@ -90,7 +90,7 @@ def test_missing_data_and_existing_run_are_errors(tiny_shapes, tiny_run, tmp_pat
 
 
 def test_crash_while_saving_keeps_the_previous_checkpoint(tiny_run, tmp_path, monkeypatch):
-    from meet import checkpoint
+    from meet import cli
     from meet.checkpoint import load_checkpoint, save_checkpoint
 
     run = tmp_path / "copy"
@@ -100,7 +100,7 @@ def test_crash_while_saving_keeps_the_previous_checkpoint(tiny_run, tmp_path, mo
 
     def explode(*args, **kwargs):
         raise KeyboardInterrupt("killed mid-save")
-    monkeypatch.setattr(checkpoint, "_fsync_dir", explode)
+    monkeypatch.setattr(cli, "_fsync_tree", explode)  # killed after writing, before the swap
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(model, cfg, folder)
     assert (folder / "model.safetensors").read_bytes() == before

@@ -24,7 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from meet.errors import ConfigError, MEETError
+from meet import cli
+from meet.errors import ConfigError
 from meet.experiments.paper import DATASETS, PAPER, SOURCE, download_instructions, missing_files
 
 ACCEPTS_EXTRA_FLAGS = True
@@ -161,15 +162,13 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         print(download_instructions(args.data, args.dataset, missing), file=sys.stderr)
         return 2
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
-    try:
+
+    def body() -> None:
         record = reproduce(args.data, args.dataset, args.out, args.preset, extra, modes, args.device,
                            not args.quiet)
-    except MEETError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(format_comparison(record))
-    print(f"wrote {args.out / (args.dataset + '-' + args.preset + '-results.json')}")
-    return 0
+        print(format_comparison(record))
+        print(f"wrote {args.out / (args.dataset + '-' + args.preset + '-results.json')}")
+    return cli.run(body)
 
 
 def main(argv: list[str] | None = None) -> int:

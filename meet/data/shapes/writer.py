@@ -11,16 +11,15 @@ import argparse
 import json
 import multiprocessing
 import numbers
-import shutil
-import sys
-import tempfile
+import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Sequence
 
-from meet.errors import ConfigError, DataError, MEETError
+from meet.cli import atomic_folder, run
+from meet.errors import ConfigError, DataError
 
 MIN_IMAGE_SIZE = 32
 MAX_IMAGE_SIZE = 1024
@@ -111,23 +110,6 @@ def _non_empty(path: Path) -> bool:
     return path.exists() and (not path.is_dir() or any(path.iterdir()))
 
 
-def _replace_directory(source: Path, target: Path, overwrite: bool) -> None:
-    """Move the finished ``source`` to ``target``; an old ``target`` is removed only
-    after the new one is in place under a temporary name."""
-    if _non_empty(target) and not overwrite:  # another process finished first
-        raise ConfigError(f"output folder {target} was filled while generating",
-                          fix="another process wrote it; reuse it or pass --overwrite")
-    if target.exists() and not target.is_dir():
-        target.unlink()
-    if not target.exists():
-        source.rename(target)
-        return
-    trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    target.rename(trash / "old")
-    source.rename(target)
-    shutil.rmtree(trash, ignore_errors=True)
-
-
 def dataset_json(records: list[dict], seed: int, image_size: int,
                  sizes: tuple[int, int, int] | None = None) -> str:
     """Byte-deterministic JSON text (sorted keys, fixed separators). ``sizes``: the full
@@ -158,12 +140,12 @@ def generate(out_dir: str | Path, n_train: int = 20000, n_val: int = 1000, n_tes
                           fix="choose another folder or pass --overwrite")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        if not os.access(out.parent, os.W_OK):
+            raise PermissionError(f"no write permission for {out.parent}")
     except OSError as exc:
         raise ConfigError(f"cannot write the data set under {out.parent}: {exc.strerror or exc}",
                           fix="choose an --out folder in a writable place") from exc
-    try:
-        staging.chmod(0o755)  # mkdtemp makes it private; the data set is not
+    with atomic_folder(out, replace=overwrite, fsync=False) as staging:
         (staging / "images").mkdir()
         records = _render_records(staging / "images", n_train, n_val, n_test, seed,
                                   image_size, workers, progress, splits)
@@ -171,10 +153,6 @@ def generate(out_dir: str | Path, n_train: int = 20000, n_val: int = 1000, n_tes
         (staging / "dataset.json").write_text(
             dataset_json(records, seed, image_size, (n_train, n_val, n_test) if partial else None),
             encoding="utf-8")
-        _replace_directory(staging, out, overwrite)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
 
 
@@ -251,7 +229,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry; bad arguments (or a non-empty --out without --overwrite) exit with 2
-    before anything is written."""
+    and argparse's usage line before anything is written; a failure while rendering
+    prints one ``error:`` line and exits with 2 (:func:`meet.cli.run`)."""
     parser = _build_parser()
     args = parser.parse_args(argv)
     try:
@@ -259,16 +238,17 @@ def main(argv: list[str] | None = None) -> int:
                          args.workers)
         splits = tuple(name.strip() for name in args.splits.split(",") if name.strip())
         ranges = split_ranges(args.n_train, args.n_val, args.n_test, splits)
+        if _non_empty(args.out) and not args.overwrite:
+            raise ConfigError(f"output folder {args.out} exists and is not empty",
+                              fix="choose another folder or pass --overwrite")
+    except ConfigError as exc:
+        parser.error(str(exc))
+
+    def render() -> None:
         started = time.perf_counter()
         out = generate(args.out, args.n_train, args.n_val, args.n_test, args.seed,
                        args.image_size, args.workers, args.overwrite, not args.quiet, splits)
-    except ConfigError as exc:
-        parser.error(str(exc))
-    except MEETError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    total = sum(stop - start for start, stop in ranges)
-    seconds = time.perf_counter() - started
-    print(f"wrote {total} images to {out} in {seconds:.1f} s ({total / seconds:.0f} images/s)")
-    return 0
-
+        total = sum(stop - start for start, stop in ranges)
+        seconds = time.perf_counter() - started
+        print(f"wrote {total} images to {out} in {seconds:.1f} s ({total / seconds:.0f} images/s)")
+    return run(render)
