@@ -16,19 +16,38 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Literal, get_args
 
 from meet.errors import ConfigError
+
+# Every list of choices exists once, as a Literal type here; validation, the CLIs'
+# ``choices`` and the code that dispatches on a value all read it (``choices(...)``).
+ImageEncoder = Literal["precomp", "cnn", "hf"]
+TextEncoder = Literal["bigru", "bert"]
+Ranking = Literal["hinge", "infonce"]
+CaptionSampling = Literal["all", "per_image"]
+HammingScores = Literal["symmetric", "asymmetric"]
+PQSpace = Literal["hash", "dense", "residual"]
+HashRefitMethod = Literal["distill", "structure", "itq"]
+SearchMode = Literal["dense", "hash", "pq", "cascade", "meet"]
+"""How a query is scored: ``dense`` (exact inner product), ``hash`` (the Hamming stage
+alone over the whole gallery), ``pq`` (the quantization stage alone), ``cascade`` (Hamming
+-> quantization -> dense re-rank) and ``meet`` (the cascade with the reweighted re-rank)."""
+
+
+def choices(literal: Any) -> tuple[str, ...]:
+    """The values of a ``Literal`` type, e.g. ``choices(PQSpace)``."""
+    return get_args(literal)
 
 
 @dataclass
 class ModelConfig:
     """Encoders, joint space and Stage I heads."""
 
-    image_encoder: str = "precomp"
+    image_encoder: ImageEncoder = "precomp"
     """Image tower: ``precomp`` (region features), ``cnn`` (small grid CNN trained from
     scratch on raw pixels) or ``hf`` (a transformers vision backbone)."""
-    text_encoder: str = "bigru"
+    text_encoder: TextEncoder = "bigru"
     """Text tower: ``bigru`` (vocabulary from the training captions) or ``bert``."""
     embed_dim: int = 1024
     """Joint (dense) embedding size."""
@@ -67,7 +86,7 @@ class ModelConfig:
 class LossConfig:
     """The training objective: ranking losses, L_f, L_q, filtering, reweighting."""
 
-    ranking: str = "hinge"
+    ranking: Ranking = "hinge"
     """``hinge``: triplet ranking loss (VSE++); ``infonce``: symmetric contrastive."""
     margin: float = 0.2
     """Hinge margin."""
@@ -128,7 +147,7 @@ class TrainConfig:
     """``auto`` (CUDA if available, else CPU), ``cpu`` or ``cuda``."""
     num_workers: int = 0
     """DataLoader worker processes."""
-    caption_sampling: str = "all"
+    caption_sampling: CaptionSampling = "all"
     """``all``: one sample per caption (the standard epoch); ``per_image``: one caption
     per image per epoch, drawn with ``family_weights``."""
     family_weights: dict[str, float] = field(default_factory=dict)
@@ -180,20 +199,20 @@ class CascadeConfig:
     fusion: bool = True
     """Fuse dense, consistency and complementarity scores (the paper); False re-sorts the
     top z by reciprocal rank alone (the released code)."""
-    hamming_scores: str = "symmetric"
+    hamming_scores: HammingScores = "symmetric"
     """How the Hamming filter ranks the gallery's sign codes: ``symmetric`` (METHOD.md:
     Hamming distance to the query's sign code; faiss ``IndexBinaryFlat``, exact) or
     ``asymmetric`` (the query's float hash feature against each +-1 code, ``<h, b>``: the
     same 8 bytes per item, far fewer ties at the survivor boundary; faiss fast scan
     proposes candidates that are re-scored exactly, see
-    :func:`meet.filters.asymmetric_filter`)."""
-    pq_space: str = "hash"
+    :func:`meet.search.hamming.asymmetric_filter`)."""
+    pq_space: PQSpace = "hash"
     """What an index built with this config quantizes for the quantization filter:
     ``hash`` (METHOD.md: the hash features, with the model's codebooks), ``dense`` (the
     dense embedding behind an OPQ rotation fitted on the gallery; same bytes per item,
     far closer to the dense ranking on large galleries) or ``residual`` (the dense
     embedding by residual quantization fitted on the gallery; same bytes and lookup-table
-    size, closer still); see :mod:`meet.dense_pq`."""
+    size, closer still); see :mod:`meet.search.quantizers`."""
     pq_fit_items: int = 100_000
     """``pq_space="dense"``/``"residual"``: gallery items sampled to fit the codebooks
     (and the rotation)."""
@@ -226,7 +245,7 @@ class HashRefitConfig:
     keeping the dense top-k in the Hamming top-R, and for hash-only rSum; worst for the
     cascade's i2t mAP@R at fractional rates (it learns the top of the ranking only)."""
 
-    method: str = "distill"
+    method: HashRefitMethod = "distill"
     """``distill`` (the default: what the cascade needs), ``structure`` or ``itq``."""
     itq_items: int = 50_000
     """``itq``: images and as many captions (each sampled) that ITQ is fitted on."""
@@ -267,6 +286,10 @@ class MEETConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     cascade: CascadeConfig = field(default_factory=CascadeConfig)
     preset: str = "default"
+    hash_refit: HashRefitConfig | None = None
+    """Set by ``meet.hash_refit``: the settings its hash heads and codebooks were refit
+    with (None: trained with the model). A record of how the checkpoint was made; its
+    fields are not training flags."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -280,18 +303,19 @@ class MEETConfig:
         or a typo, must not be silently half-applied)."""
         if not isinstance(data, dict):
             raise ConfigError("config must be a JSON object", fix="check config.json")
-        known = {"model": ModelConfig, "loss": LossConfig, "train": TrainConfig,
-                 "cascade": CascadeConfig, "preset": None}
+        known = {**SECTIONS, "preset": None, "hash_refit": None}
         unknown = set(data) - set(known)
         if unknown:
             raise ConfigError(f"unknown config section(s) {sorted(unknown)}",
-                              fix="remove them; sections are model, loss, train, cascade")
+                              fix="remove them; sections are model, loss, train, cascade, hash_refit")
         sections = {}
         for name, klass in known.items():
             if klass is None:
                 continue
             sections[name] = _build_section(klass, data.get(name, {}), name)
-        return cls(preset=str(data.get("preset", "default")), **sections)
+        refit = data.get("hash_refit")
+        return cls(preset=str(data.get("preset", "default")), **sections,
+                   hash_refit=None if refit is None else _build_section(HashRefitConfig, refit, "hash_refit"))
 
     def override(self, **changes: Any) -> "MEETConfig":
         """Return a copy with fields changed by their (unique) names."""
@@ -309,8 +333,8 @@ def validate(cfg: MEETConfig) -> MEETConfig:
     """Reject values no run can use, naming the flag; returns ``cfg`` unchanged."""
     m, lo, t, c = cfg.model, cfg.loss, cfg.train, cfg.cascade
     checks = [
-        (m.image_encoder in ("precomp", "cnn", "hf"), "--image-encoder", "precomp, cnn or hf"),
-        (m.text_encoder in ("bigru", "bert"), "--text-encoder", "bigru or bert"),
+        (m.image_encoder in choices(ImageEncoder), "--image-encoder", " or ".join(choices(ImageEncoder))),
+        (m.text_encoder in choices(TextEncoder), "--text-encoder", " or ".join(choices(TextEncoder))),
         (m.embed_dim > 0, "--embed-dim", "a positive size"),
         (m.n_bits > 0 and m.n_bits % 8 == 0, "--n-bits", "a positive multiple of 8"),
         (m.n_codebooks > 0 and m.n_bits % max(m.n_codebooks, 1) == 0, "--n-codebooks",
@@ -322,7 +346,7 @@ def validate(cfg: MEETConfig) -> MEETConfig:
         (m.gru_layers > 0 and m.max_text_len > 0, "--gru-layers/--max-text-len", "positive values"),
         (m.image_encoder != "hf" or bool(m.vision_backbone), "--vision-backbone",
          "a path or name when --image-encoder hf"),
-        (lo.ranking in ("hinge", "infonce"), "--ranking", "hinge or infonce"),
+        (lo.ranking in choices(Ranking), "--ranking", " or ".join(choices(Ranking))),
         (lo.margin >= 0 and lo.temperature > 0, "--margin/--temperature", "margin >= 0, temperature > 0"),
         (0 <= lo.reweight_strength <= 1 and lo.reweight_temperature > 0,
          "--reweight-strength/--reweight-temperature", "strength in [0, 1], temperature > 0"),
@@ -334,7 +358,7 @@ def validate(cfg: MEETConfig) -> MEETConfig:
          "a positive period and a factor in (0, 1]"),
         (t.grad_clip >= 0 and t.num_workers >= 0 and t.max_train_images >= 0,
          "--grad-clip/--num-workers/--max-train-images", "non-negative values"),
-        (t.caption_sampling in ("all", "per_image"), "--caption-sampling", "all or per_image"),
+        (t.caption_sampling in choices(CaptionSampling), "--caption-sampling", " or ".join(choices(CaptionSampling))),
         (t.kmeans_iters > 0 and t.kmeans_sample > 0 and t.eval_batch_size > 0,
          "--kmeans-iters/--kmeans-sample/--eval-batch-size", "positive values"),
         (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"), "--device", "auto, cpu or cuda"),
@@ -349,16 +373,42 @@ def validate(cfg: MEETConfig) -> MEETConfig:
          "--hamming-rate-*/--pq-rate-*", "positive rates (<= 1 a fraction, > 1 a count)"),
         (min(c.top_z_i2t, c.top_z_t2i, c.reciprocal_k) >= 0, "--top-z-*/--reciprocal-k", "0 or more"),
         (c.consistency_temperature > 0, "--consistency-temperature", "a positive temperature"),
-        (c.pq_space in ("hash", "dense", "residual"), "--pq-space", "hash, dense or residual"),
+        (c.pq_space in choices(PQSpace), "--pq-space", " or ".join(choices(PQSpace))),
         (c.pq_beam_size >= 1, "--pq-beam-size", "at least 1"),
-        (c.hamming_scores in ("symmetric", "asymmetric"), "--hamming-scores", "symmetric or asymmetric"),
+        (c.hamming_scores in choices(HammingScores), "--hamming-scores", " or ".join(choices(HammingScores))),
         (c.pq_fit_items >= 1, "--pq-fit-items", "at least 1"),
     ]
+    if cfg.hash_refit is not None:
+        validate_hash_refit(cfg.hash_refit)
     not_finite = [name for section in (m, lo, t, c) for name, value in dataclasses.asdict(section).items()
                   if isinstance(value, float) and not math.isfinite(value)]
     if not_finite:
         raise ConfigError(f"invalid value for --{not_finite[0].replace('_', '-')}",
                           fix="expected a finite number (not nan or inf)")
+    for ok, flag, expected in checks:
+        if not ok:
+            raise ConfigError(f"invalid value for {flag}", fix=f"expected {expected}")
+    return cfg
+
+
+def validate_hash_refit(cfg: HashRefitConfig) -> HashRefitConfig:
+    """Reject hash-refit settings no run can use, naming the flag; returns ``cfg``."""
+    checks = [
+        (cfg.method in choices(HashRefitMethod), "--method", " or ".join(choices(HashRefitMethod))),
+        (cfg.epochs >= 1 and cfg.distill_steps >= 1, "--epochs/--distill-steps", "at least 1"),
+        (cfg.batch_size >= 2 and cfg.distill_batch >= 2, "--batch-size/--distill-batch", "at least 2"),
+        (cfg.itq_items >= 1 and cfg.distill_gallery >= 1, "--itq-items/--distill-gallery", "at least 1"),
+        (cfg.lr > 0 and cfg.itq_scale > 0, "--lr/--itq-scale", "positive values"),
+        (cfg.teacher_temperature > 0 and cfg.student_temperature > 0,
+         "--teacher-temperature/--student-temperature", "positive temperatures"),
+        (min(cfg.weight, cfg.binary_weight, cfg.i2t_weight) >= 0, "--weight/--binary-weight/--i2t-weight",
+         "non-negative weights"),
+        (0 <= cfg.seed < 2**32, "--seed", "an integer in [0, 2**32)"),
+    ]
+    for name, value in dataclasses.asdict(cfg).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"invalid value for --{name.replace('_', '-')}",
+                              fix="expected a finite number (not nan or inf)")
     for ok, flag, expected in checks:
         if not ok:
             raise ConfigError(f"invalid value for {flag}", fix=f"expected {expected}")
@@ -396,11 +446,15 @@ def _has_type(value: Any, expected: type) -> bool:
     return isinstance(value, expected)
 
 
+SECTIONS: dict[str, type] = {"model": ModelConfig, "loss": LossConfig, "train": TrainConfig,
+                             "cascade": CascadeConfig}
+"""The sections whose fields are training flags (``hash_refit`` is a record, not flags)."""
+
+
 def field_index() -> dict[str, str]:
     """Map each field name to its section name (names are unique across sections)."""
     index: dict[str, str] = {}
-    for section, klass in (("model", ModelConfig), ("loss", LossConfig), ("train", TrainConfig),
-                           ("cascade", CascadeConfig)):
+    for section, klass in SECTIONS.items():
         for f in fields(klass):
             assert f.name not in index, f"duplicate config field {f.name}"
             index[f.name] = section

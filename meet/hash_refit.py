@@ -1,7 +1,8 @@
 """Refit the hash heads of a trained model: ``python -m meet.hash_refit``.
 
     python -m meet.hash_refit --checkpoint RUN --data DIR --out CHECKPOINT
-        [--method distill|structure|itq] [--steps 600] [--i2t-weight 0.3] [--epochs 20] [--weight 10]
+        [--method distill|structure|itq] [--distill-steps 600] [--i2t-weight 0.3] [--epochs 20]
+        [--weight 10] [any other HashRefitConfig field]
 
 Why: the cascade's Hamming filter is only as good as the codes' agreement with the dense
 ranking. With ``detach_hash`` (the default) the hash heads never train the encoders, so
@@ -26,12 +27,13 @@ the cascade's i2t mAP@R falls from 0.554 to 0.217 (``structure`` 0.519): it lear
 top of the dense ranking, not where every relevant caption falls (README, hash_refit).
 The PQ codebooks are then refit by faiss k-means on the new hash features, and the result
 is saved as a new checkpoint; the encoders, the vocabulary and the rest of the config are
-unchanged.
+unchanged, and the config's ``hash_refit`` section records the settings used.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -40,8 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from meet.config import HashRefitConfig
-from meet.errors import ConfigError, MEETError
+from meet import cli
+from meet.config import HashRefitConfig, validate_hash_refit
+from meet.errors import ConfigError
 from meet.inference import MEETModel
 
 
@@ -203,45 +206,29 @@ def refit_codebooks(model: MEETModel, image_dense: torch.Tensor, text_dense: tor
 
 
 def build_parser() -> argparse.ArgumentParser:
-    defaults = HashRefitConfig()
     parser = argparse.ArgumentParser(prog="python -m meet.hash_refit", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint or run folder")
     parser.add_argument("--data", required=True, type=Path, help="the data set it was trained on")
     parser.add_argument("--split", default="train")
-    parser.add_argument("--out", required=True, type=Path, help="new checkpoint folder")
-    parser.add_argument("--method", choices=["structure", "itq", "distill"], default=defaults.method,
-                        help="structure: trained loss (better hash-only ranking); itq: faiss ITQ; "
-                             "distill: ITQ then listwise distillation of the dense ranking (keeps the "
-                             "dense top-k in the Hamming top-R best, for the cascade on a large gallery)")
-    parser.add_argument("--steps", type=int, default=defaults.distill_steps, help="distill only")
-    parser.add_argument("--i2t-weight", type=float, default=defaults.i2t_weight, help="distill only")
-    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="structure only")
-    parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--weight", type=float, default=defaults.weight)
-    parser.add_argument("--binary-weight", type=float, default=defaults.binary_weight)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--out", required=True, type=Path, help="new checkpoint folder (new or empty)")
     parser.add_argument("--device", default="auto")
+    cli.add_config_flags(parser.add_argument_group("refit settings"), HashRefitConfig, defaults="dataclass")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        from meet.checkpoint import save_checkpoint
-        from meet.data.loading import load_split
-        from meet.evaluate import encode_dataset
-        from meet.inference import load
+    return cli.run(lambda: _main(args))
 
-        cfg = HashRefitConfig(method=args.method, distill_steps=args.steps, i2t_weight=args.i2t_weight,
-                              epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                              weight=args.weight, binary_weight=args.binary_weight, seed=args.seed)
-        if (cfg.epochs < 1 or cfg.distill_steps < 1 or cfg.batch_size < 2 or cfg.lr <= 0 or cfg.weight < 0
-                or cfg.binary_weight < 0 or not cfg.i2t_weight >= 0):
-            raise ConfigError("--epochs >= 1, --steps >= 1, --batch-size >= 2, --lr > 0 and "
-                              "non-negative weights, please")
-        if args.out.exists() and any(args.out.iterdir()):
-            raise ConfigError(f"--out {args.out} exists and is not empty", fix="choose a new folder")
+
+def _main(args: argparse.Namespace) -> None:
+    from meet.checkpoint import save_checkpoint
+    from meet.data.loading import load_split
+    from meet.inference import load
+
+    cfg = validate_hash_refit(HashRefitConfig(**cli.given_flags(
+        args, [f.name for f in dataclasses.fields(HashRefitConfig)])))
+    with cli.output_folder(args.out):
         model = load(args.checkpoint, device=args.device)
         if not model.cfg.model.detach_hash:
             raise ConfigError("this checkpoint trained its encoders through the hash heads "
@@ -250,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         ds = load_split(args.data, args.split, model.cfg.model)
         if ds.kind == "raw":
             ds.preload(progress=True)
-        images, texts = encode_dataset(model, ds, batch_size=model.cfg.train.eval_batch_size, progress=True)
+        images, texts = model.encode_dataset(ds, batch_size=model.cfg.train.eval_batch_size, progress=True)
         device = model.device
         image_dense = torch.from_numpy(images.dense).to(device)
         text_dense = torch.from_numpy(texts.dense).to(device)
@@ -267,12 +254,9 @@ def main(argv: list[str] | None = None) -> int:
                                       text_dense, caption_image, cfg, progress=True)
             summary = f"refit loss {losses[0]:.4f} -> {losses[-1]:.4f} over {cfg.epochs} epochs"
         refit_codebooks(model, image_dense, text_dense, model.cfg.train.kmeans_iters, cfg.seed)
+        model.cfg.hash_refit = cfg
         save_checkpoint(model.model, model.cfg, args.out)
-    except MEETError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     print(f"{summary}; saved {args.out}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -104,8 +104,12 @@ def test_distillation_lowers_the_held_out_ranking_loss_of_the_binary_codes():
 def test_distill_cli(tiny_run, tiny_shapes, tmp_path, capsys):
     out = tmp_path / "distill"
     assert main(["--checkpoint", str(tiny_run), "--data", str(tiny_shapes), "--out", str(out),
-                 "--method", "distill", "--steps", "5", "--i2t-weight", "0.5", "--device", "cpu"]) == 0
+                 "--method", "distill", "--distill-steps", "5", "--i2t-weight", "0.5", "--device", "cpu"]) == 0
     assert "distillation loss" in capsys.readouterr().out
-    assert meet.load(out, device="cpu").model.text_pq.is_fitted
+    refit = meet.load(out, device="cpu")
+    assert refit.model.text_pq.is_fitted
+    # the settings are saved with the checkpoint (every field, as given or defaulted)
+    assert refit.cfg.hash_refit.method == "distill" and refit.cfg.hash_refit.distill_steps == 5
+    assert refit.cfg.hash_refit.i2t_weight == 0.5 and refit.cfg.hash_refit.seed == 0
     assert main(["--checkpoint", str(tiny_run), "--data", str(tiny_shapes), "--out", str(tmp_path / "bad"),
-                 "--method", "distill", "--steps", "0"]) == 2
+                 "--method", "distill", "--distill-steps", "0"]) == 2
