@@ -17,12 +17,11 @@ import numpy as np
 import plotly.graph_objects as go
 
 from meet.inference import Encoded
-from meet.retrieval import search
+from meet.search import MODES
 
 from app.feedback import guarded
 from app.state import AppState
 
-MODES = ("dense", "hash", "pq", "cascade", "meet")
 SINGLE_QUERIES = 20
 """Queries timed one at a time (each pays the per-call overhead, as an interactive user does)."""
 
@@ -30,10 +29,9 @@ SINGLE_QUERIES = 20
 def query_batch(state: AppState, direction: str, n_queries: int) -> Encoded:
     """The first ``n_queries`` items of the query side, as encodings (no model call)."""
     gallery = state.gallery
-    index, hashed = ((gallery.texts, gallery.text_hash) if direction == "t2i"
-                     else (gallery.images, gallery.image_hash))
+    index = gallery.texts if direction == "t2i" else gallery.images
     n = min(n_queries, index.n_items)
-    return Encoded(np.asarray(index.dense[:n], np.float32), np.asarray(hashed[:n], np.float32),
+    return Encoded(np.asarray(index.dense[:n], np.float32), np.asarray(index.hash[:n], np.float32),
                    np.asarray(index.codes[:n]), np.asarray(index.pq_codes[:n]))
 
 
@@ -49,7 +47,7 @@ def measure(state: AppState, direction: str, n_queries: int = 256, repeats: int 
         best, timings = np.inf, {}
         for _ in range(repeats):
             started = time.perf_counter()
-            result = search(queries, gallery, state.cascade, direction, k=10, mode=mode)
+            result = gallery.search(queries, k=10, mode=mode, cascade=state.cascade)
             elapsed = time.perf_counter() - started
             if elapsed < best:
                 best, timings = elapsed, result.timings
@@ -58,7 +56,7 @@ def measure(state: AppState, direction: str, n_queries: int = 256, repeats: int 
             one = Encoded(queries.dense[row:row + 1], queries.hash[row:row + 1], queries.codes[row:row + 1],
                           queries.pq_codes[row:row + 1])
             started = time.perf_counter()
-            search(one, gallery, state.cascade, direction, k=10, mode=mode)
+            gallery.search(one, k=10, mode=mode, cascade=state.cascade)
             single.append(time.perf_counter() - started)
         per_query = 1000 * best / len(queries)
         rows.append({"mode": mode, "batched_ms": per_query, "single_ms": 1000 * float(np.median(single)),

@@ -57,11 +57,10 @@ def codebook_figures(state: AppState) -> tuple:
         gallery = state.gallery
         usage = {side: analysis.codebook_usage(index.pq_codes, index.codebooks.shape[1])
                  for side, index in (("image", gallery.images), ("text", gallery.texts))}
-        sides = (("image", gallery.images, gallery.image_hash), ("text", gallery.texts, gallery.text_hash))
-        # What the PQ codes quantize: the hash features, or the rotated dense vectors.
-        errors = {side: analysis.quantization_errors(index.pq_vectors(index.dense, hashed), index.pq_codes,
-                                                     index.codebooks)
-                  for side, index, hashed in sides}
+        # Each index's own quantizer: what it reads (hash features or dense vectors) and decodes.
+        errors = {side: analysis.quantization_errors(index.quantizer.source(index), index.pq_codes,
+                                                     index.quantizer)
+                  for side, index in (("image", gallery.images), ("text", gallery.texts))}
         text = (f"Dead codewords: image {int(usage['image'].dead.sum())}, caption {int(usage['text'].dead.sum())} "
                 f"of {usage['image'].counts.size} each. Mean perplexity per codebook: image "
                 f"{usage['image'].perplexity.mean():.1f}, caption {usage['text'].perplexity.mean():.1f} "
@@ -93,9 +92,9 @@ def bit_figures(state: AppState) -> tuple:
 
 def aggregate_figure(state: AppState) -> tuple:
     def compute() -> tuple:
-        aggregates = {direction: analysis.aggregate_funnel(all_queries(state, direction),
-                                                            gallery_index(state, direction), state.cascade,
-                                                            direction, relevant_for(state, direction))
+        aggregates = {direction: analysis.aggregate_funnel(gallery_index(state, direction),
+                                                            all_queries(state, direction),
+                                                            relevant_for(state, direction), state.cascade)
                       for direction in ("t2i", "i2t")}
         return figures.aggregate_funnel_figure(aggregates), _aggregate_text(aggregates)
     return state.cached("aggregate funnel", compute)
@@ -112,9 +111,8 @@ def _aggregate_text(aggregates: dict[str, Any]) -> str:
 
 def recall_cost(state: AppState, direction: str, progress: gr.Progress = gr.Progress()) -> Any:
     progress(0.1, desc="sweeping R and q")
-    curve = analysis.recall_cost_curve(all_queries(state, direction), gallery_index(state, direction),
-                                       state.cascade, direction, relevant_for(state, direction),
-                                       SWEEP_HAMMING, SWEEP_PQ)
+    curve = analysis.recall_cost_curve(gallery_index(state, direction), all_queries(state, direction),
+                                       relevant_for(state, direction), SWEEP_HAMMING, SWEEP_PQ, state.cascade)
     return figures.recall_cost_figure(curve)
 
 

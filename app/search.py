@@ -16,16 +16,16 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from meet.config import CascadeConfig
+from meet.config import CascadeConfig, SearchMode, choices
 from meet.data.images import open_image
 from meet.errors import ConfigError, DataError, ImageError
-from meet.index import GalleryIndex
 from meet.inference import Encoded
-from meet.retrieval import SearchResult, search
+from meet.search import GalleryIndex, SearchResult
 
 from app.state import AppState
 
-SEARCH_MODES = ("meet", "cascade", "dense", "hash", "pq")
+SEARCH_MODES = ("meet", "cascade", *(m for m in choices(SearchMode) if m not in ("meet", "cascade")))
+"""The modes offered, MEET's own first."""
 
 
 @dataclass
@@ -213,10 +213,10 @@ def _run(state: AppState, direction: str, label: str, encoded: Encoded, k: int,
     index = gallery_index(state, direction)
     k = min(k, index.n_items)
     started = time.perf_counter()
-    result = search(encoded, index, cfg, direction, k=k, mode=mode, trace=True)
+    result = index.search(encoded, k=k, mode=mode, cascade=cfg, trace=True)
     search_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    dense = search(encoded, index, cfg, direction, k=k, mode="dense")
+    dense = index.search(encoded, k=k, mode="dense", cascade=cfg)
     dense_seconds = time.perf_counter() - started
     seconds = {"encode": encode_seconds, "search": search_seconds, "dense": dense_seconds,
                **{f"stage {name}": value for name, value in result.timings.items() if value}}

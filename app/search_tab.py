@@ -65,7 +65,7 @@ class Controls:
 def _fraction(state: AppState, direction: str, of_r: bool = False) -> float:
     """The checkpoint's R (share of the gallery) or q (share of R) as a slider fraction;
     count rates are converted for this gallery."""
-    from meet.retrieval import stage_sizes
+    from meet.search import stage_sizes
     n_items = (state.gallery.images if direction == "t2i" else state.gallery.texts).n_items
     n_hamming, n_pq, _ = stage_sizes(state.cascade, direction, max(n_items, 1))
     share = n_pq / max(n_hamming, 1) if of_r else n_hamming / max(n_items, 1)

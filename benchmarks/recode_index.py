@@ -10,7 +10,7 @@ vectors are the ones already stored in an index built by its parent, and encodin
 script checks that claim (it re-encodes a sample of the data set with ``--checkpoint`` and
 compares with the stored vectors; a mismatch is an error), then runs the stored dense
 vectors through the new hash heads and codebooks (``MEETModel.encode_dense``) and indexes
-them with :func:`meet.index.pair_from_encoded`, exactly as ``meet.build_index`` would after
+them with :func:`meet.search.build_pair`, exactly as ``meet.build_index`` would after
 encoding.
 The new index carries the new checkpoint's fingerprint and no reciprocal scores
 (``meet.build_index --reciprocal-k`` computes those).
@@ -25,9 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from meet.errors import CheckpointError, MEETError
-from meet.index import GalleryIndex, pair_from_encoded
+from meet import cli
+from meet.config import CascadeConfig, PQSpace, choices
+from meet.errors import CheckpointError
 from meet.inference import MEETModel
+from meet.search import GalleryIndex, build_pair, load_pair, save_pair
 
 CHECK_ITEMS = 32
 """Images and captions re-encoded to verify that the stored dense vectors are this model's."""
@@ -57,32 +59,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, required=True, help="the data set the index was built from")
     parser.add_argument("--split", default="test")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--pq-space", choices=["hash", "dense", "residual"], default=None)
+    parser.add_argument("--pq-space", choices=choices(PQSpace), default=None)
     args = parser.parse_args(argv)
-    try:
-        from meet.data.loading import load_split
-        from meet.inference import load
+    return cli.run(lambda: recode(args))
 
-        model = load(args.checkpoint, device="cpu")
-        images = GalleryIndex.load(args.index / "image")
-        texts = GalleryIndex.load(args.index / "text")
-        ds = load_split(args.data, args.split, model.cfg.model)
-        gap = verify_same_encoders(model, ds, images, texts)
-        start = time.perf_counter()
-        space = args.pq_space or model.cfg.cascade.pq_space
-        meta = {**images.meta, "checkpoint": str(args.checkpoint), "recoded_from": str(args.index)}
-        new_images, new_texts = pair_from_encoded(model, model.encode_dense(images.dense, "image"),
-                                                  model.encode_dense(texts.dense, "text"),
-                                                  images.ids, texts.ids, 0, meta, pq_space=space)
-        new_images.save(args.out / "image")
-        new_texts.save(args.out / "text")
-    except MEETError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+
+def recode(args: argparse.Namespace) -> None:
+    from meet.data.loading import load_split
+    from meet.inference import load
+
+    model = load(args.checkpoint, device="cpu")
+    images, texts = load_pair(args.index)
+    ds = load_split(args.data, args.split, model.cfg.model)
+    gap = verify_same_encoders(model, ds, images, texts)
+    start = time.perf_counter()
+    cascade = CascadeConfig(**{**vars(model.cfg.cascade), "reciprocal_k": 0,
+                               "pq_space": args.pq_space or model.cfg.cascade.pq_space})
+    meta = {**images.meta, "checkpoint": str(args.checkpoint), "recoded_from": str(args.index)}
+    new_images, new_texts = build_pair(model, model.encode_dense(images.dense, "image"),
+                                       model.encode_dense(texts.dense, "text"), images.ids, texts.ids,
+                                       cascade=cascade, meta=meta)
+    save_pair(args.out, new_images, new_texts)
     print(f"stored vectors match the checkpoint's encoders (max gap {gap:.1e}); re-coded "
-          f"{new_images.n_items:,} images and {new_texts.n_items:,} captions (pq_space={space}) in "
+          f"{new_images.n_items:,} images and {new_texts.n_items:,} captions (pq_space={cascade.pq_space}) in "
           f"{time.perf_counter() - start:.0f} s -> {args.out}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -31,11 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from meet.config import CascadeConfig
-from meet.filters import dense_block_scorer, stream_topk
-from meet.index import GalleryIndex
+from meet.config import CascadeConfig, HammingScores, choices
 from meet.inference import Encoded
-from meet.retrieval import search
+from meet.search import GalleryIndex, checkpoint_fingerprint, load_pair
+from meet.search.rerank import dense_block_scorer
+from meet.search.topk import stream_topk
 
 
 def sample_queries(model, ds, side: str, n: int, seed: int) -> Encoded:
@@ -75,17 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--settings", default="1000:100,2000:200,5000:500,10000:1000")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--hamming-scores", choices=["symmetric", "asymmetric"], default="symmetric",
+    parser.add_argument("--hamming-scores", choices=choices(HammingScores), default="symmetric",
                         help="the Hamming filter's ranking (CascadeConfig.hamming_scores)")
     args = parser.parse_args(argv)
     from meet.data.loading import load_split
-    from meet.index import checkpoint_fingerprint
     from meet.inference import load
 
     model = load(args.checkpoint, device="cpu")
-    fingerprint = checkpoint_fingerprint(args.checkpoint)
-    images = GalleryIndex.load(args.index / "image", fingerprint=fingerprint)
-    texts = GalleryIndex.load(args.index / "text", fingerprint=fingerprint)
+    images, texts = load_pair(args.index, fingerprint=checkpoint_fingerprint(args.checkpoint))
     ds = load_split(args.data, args.split, model.cfg.model)
     print(f"gallery: {images.n_items:,} images, {texts.n_items:,} captions; {args.queries} sampled "
           f"queries per direction, encoded by the model; {args.hamming_scores} Hamming scores\n")
@@ -99,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = dataclasses.replace(CascadeConfig(hamming_scores=args.hamming_scores),
                                       **{f"hamming_rate_{direction}": r, f"pq_rate_{direction}": q})
             start = time.perf_counter()
-            result = search(queries, gallery, cfg, direction, k=10, mode="cascade")
+            result = gallery.search(queries, k=10, mode="cascade", cascade=cfg)
             ms = 1000 * (time.perf_counter() - start) / len(queries)
             found = np.where(result.ids >= 0, result.ids, 0)
             found_dense = np.einsum("qd,qkd->qk", queries.dense,

@@ -273,7 +273,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--count-rates", type=_rate_pair, default=(2000.0, 200.0),
                    help="cascade R,q as counts")
     p.add_argument("--cascade-batch-size", type=int, default=256,
-                   help="batch_size passed to meet.retrieval.search")
+                   help="batch_size passed to GalleryIndex.search")
     p.add_argument("--methods", type=lambda s: s.split(","), default=list(METHOD_NAMES),
                    help=f"subset of {','.join(METHOD_NAMES)}")
     p.add_argument("--chunk", type=int, default=65536, help="rows generated per step")

@@ -257,26 +257,22 @@ def cascade_methods(arrays: CascadeArrays, work: Workload, args, k: int) -> list
     the asymmetric filter with residual-quantized dense vectors (``pq_space="residual"``:
     same bytes, lookup tables from M x K full-size codewords)."""
     from meet.config import CascadeConfig
-    from meet.index import GalleryIndex
-    from meet.retrieval import search
+    from meet.search import OPQ, GalleryIndex, HashPQ, ResidualQuantizer
 
     n_items = arrays.dense.shape[0]
     t0 = time.perf_counter()
-    gallery = GalleryIndex.from_arrays(
-        side="image", ids=[f"img{i}" for i in range(n_items)], dense=arrays.dense,
-        codes=arrays.codes, pq_codes=arrays.pq_codes, codebooks=arrays.codebooks,
-        reciprocal=arrays.reciprocal, fingerprint="synthetic", meta=None)
+    ids = [f"img{i}" for i in range(n_items)]
+    gallery = GalleryIndex("image", ids, arrays.dense, arrays.codes, arrays.pq_codes, HashPQ(arrays.codebooks),
+                           reciprocal=arrays.reciprocal, fingerprint="synthetic")
     gallery.binary_index  # built lazily on first use: build it here, outside the timings
     build_s = time.perf_counter() - t0
-    dense_pq_gallery = GalleryIndex.from_arrays(
-        side="image", ids=gallery.ids, dense=arrays.dense, codes=arrays.codes, pq_codes=arrays.pq_codes,
-        codebooks=arrays.dense_codebooks, fingerprint="synthetic", rotation=arrays.rotation)
+    dense_pq_gallery = GalleryIndex("image", ids, arrays.dense, arrays.codes, arrays.pq_codes,
+                                    OPQ(arrays.dense_codebooks, arrays.rotation), fingerprint="synthetic")
     dense_pq_gallery.binary_index
     dense_pq_gallery.sign_scan_index  # likewise for the asymmetric filter
-    residual_gallery = GalleryIndex.from_arrays(
-        side="image", ids=gallery.ids, dense=arrays.dense, codes=arrays.codes, pq_codes=arrays.pq_codes,
-        codebooks=arrays.residual_codebooks, reciprocal=arrays.reciprocal, fingerprint="synthetic",
-        pq_space="residual")
+    residual_gallery = GalleryIndex("image", ids, arrays.dense, arrays.codes, arrays.pq_codes,
+                                    ResidualQuantizer(arrays.residual_codebooks), reciprocal=arrays.reciprocal,
+                                    fingerprint="synthetic")
     residual_gallery.sign_scan_index
     filter_bytes = N_BITS // 8 + N_CODEBOOKS
     dense_bytes = arrays.dense.shape[1] * arrays.dense.itemsize
@@ -302,8 +298,8 @@ def cascade_methods(arrays: CascadeArrays, work: Workload, args, k: int) -> list
                             filter_bytes=filter_bytes, build_seconds=build_s)
 
             def run(a: int, b: int, cfg=cfg, mode=mode, method=method, searched=searched):
-                result = search(_slice_encoded(work.encoded, a, b), searched, cfg, direction="t2i",
-                                k=k, mode=mode, batch_size=args.cascade_batch_size)
+                result = searched.search(_slice_encoded(work.encoded, a, b), k=k, mode=mode, cascade=cfg,
+                                         batch_size=args.cascade_batch_size)
                 method.stage_seconds = dict(result.timings)
                 return result
             method.run = run

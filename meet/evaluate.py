@@ -1,154 +1,118 @@
 """Evaluation: R@K / rSum under the 5-caption protocol, per retrieval mode, plus
 ground-truth precision and mAP@R where relevance is known (Shapes).
 
-Modes (how an image and a caption are scored):
+Every mode is scored by the search engine itself (:mod:`meet.search`): the split is
+indexed once per gallery (the whole split, or each COCO fold) and each mode's score matrix
+is :func:`meet.search.full_scores`, so a mode here ranks exactly as ``index.search``
+does, ties by gallery position (the one tie rule; :mod:`meet.metrics` ranks the same way):
 
-- ``dense``: cosine of the L2-normalised joint embeddings;
-- ``hash``: Hamming ranking of the sign codes (computed as the dot product of +-1
-  codes, ``n_bits - 2 * hamming``). Hamming distances tie a lot; ties are broken by a
-  fixed random jitter smaller than one bit, so no mode gains from index order;
-- ``pq``: asymmetric quantized distance: the float hash feature of the query against
-  the PQ reconstruction of each item, through an M x K lookup table per query. The two
-  directions use different codebooks, hence two score matrices;
+- ``dense``: inner product of the query's embedding with the stored float16 rows;
+- ``hash``: the Hamming stage over the whole gallery (``n_bits - 2 * distance``, or
+  ``<h, b>`` with ``hamming_scores="asymmetric"``);
+- ``pq``: the quantization stage over the whole gallery, with the index's quantizer (the
+  model's hash-space codebooks, or the gallery-fitted dense / residual ones);
 - ``cascade``: Stage II, the Hamming filter, then the quantization filter, then the dense
   re-rank of the survivors (rates from ``CascadeConfig``); filtered items rank last;
 - ``meet``: the cascade with the re-rank reweighted by consistency and complementarity
-  (:mod:`meet.reweighting`). On Shapes both also report the share of truly relevant items
-  each filter drops.
+  (:mod:`meet.search.rerank`). On Shapes both also report the share of truly relevant
+  items each filter drops.
 
 CLI::
 
     python -m meet.evaluate --checkpoint RUN --data DIR --split test \
-        [--protocol full|1k|5fold|5k] [--modes dense,hash,pq,cascade,meet] [--json OUT]
+        [--protocol full|1k|5fold|5k] [--modes dense,hash,pq,cascade,meet] [--json OUT] \
+        [--pq-space ...] [--hamming-scores ...] [any CascadeConfig field]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from meet import metrics
+from meet import cli, metrics
+from meet.config import CascadeConfig
 from meet.data.dataset import ImageTextDataset
-from meet.errors import ConfigError, MEETError
+from meet.errors import ConfigError
 from meet.inference import Encoded, MEETModel
-from meet.quantization import adc_scores
+from meet.search import MODES, GalleryIndex, build_pair, full_scores, stage_survivors
 
-if TYPE_CHECKING:
-    from meet.index import GalleryIndex
-
-Galleries = tuple["GalleryIndex", "GalleryIndex"]
+Galleries = tuple[GalleryIndex, GalleryIndex]
 """(image index, caption index) of one split."""
 
-MODES = ("dense", "hash", "pq", "cascade", "meet")
-_TIE_JITTER = 0.25  # < 1: +-1 code dot products step by 2, so jitter never reorders levels
+FILTER_MODES = ("cascade", "meet")
+"""Modes that run the two filters (and so have filter drops to report)."""
 
 
-def encode_dataset(model: MEETModel, ds: ImageTextDataset, batch_size: int = 256,
-                   progress: bool = False) -> tuple[Encoded, Encoded]:
-    """Encode every image and caption of a split: (images, captions)."""
-    from tqdm.auto import tqdm
+class SplitIndexes:
+    """The index pairs of one encoded split and of its protocol subsets (a COCO fold is
+    its own gallery), each built once and shared by every mode; and the last two score
+    matrices (i2t and t2i of one mode and subset), since a protocol asks for both."""
 
-    bar = tqdm(total=ds.n_images + len(ds.captions), desc=f"encode {ds.split}",
-               disable=not progress, leave=False)
-    def tick(done: int, total: int, _last=[0]) -> None:
-        bar.update(done - _last[0])
-        _last[0] = 0 if done >= total else done
-    batches = (ds.images(range(s, min(s + batch_size, ds.n_images)))
-               for s in range(0, ds.n_images, batch_size))
-    images = model.encode_image_batches(batches, ds.n_images, batch_size, progress=tick)
-    texts = model.encode_texts(ds.captions, batch_size=batch_size * 4, progress=tick)
-    bar.close()
-    return images, texts
+    def __init__(self, model: MEETModel, images: Encoded, texts: Encoded, reciprocal: bool = True):
+        self.model, self.images, self.texts = model, images, texts
+        self.build = model.cfg.cascade if reciprocal else dataclasses.replace(model.cfg.cascade, reciprocal_k=0)
+        self._pairs: dict[tuple[bytes, bytes], Galleries] = {}
+        self._scores: tuple[Any, tuple[torch.Tensor, torch.Tensor]] | None = None
 
+    def pair(self, image_rows: np.ndarray | None = None, caption_rows: np.ndarray | None = None) -> Galleries:
+        """The pair over images ``image_rows`` and captions ``caption_rows`` (default: all);
+        ids are positions within the subset."""
+        image_rows = np.arange(len(self.images)) if image_rows is None else np.asarray(image_rows, np.int64)
+        caption_rows = np.arange(len(self.texts)) if caption_rows is None else np.asarray(caption_rows, np.int64)
+        key = (image_rows.tobytes(), caption_rows.tobytes())
+        if key not in self._pairs:
+            images, texts = _rows(self.images, image_rows), _rows(self.texts, caption_rows)
+            self._pairs[key] = build_pair(self.model, images, texts, [str(i) for i in range(len(images))],
+                                          [str(i) for i in range(len(texts))], cascade=self.build)
+        return self._pairs[key]
 
-def score_functions(mode: str, model: MEETModel, images: Encoded, texts: Encoded,
-                    pair: Galleries | None = None) -> tuple[Callable, Callable]:
-    """(i2t, t2i) score functions ``f(image_idx, caption_idx) -> (n_img, n_cap)``.
-
-    ``pair``: the whole split already indexed (:func:`gallery_pair`), reused by the cascade
-    modes when a call covers the whole split instead of being built again."""
-    if mode == "dense":
-        img, txt = torch.from_numpy(images.dense), torch.from_numpy(texts.dense)
-        fn = lambda i, c: img[i] @ txt[c].T
-        return fn, fn
-    if mode == "hash":
-        img = torch.from_numpy(np.where(images.hash >= 0, 1.0, -1.0).astype(np.float32))
-        txt = torch.from_numpy(np.where(texts.hash >= 0, 1.0, -1.0).astype(np.float32))
-        fn = lambda i, c: img[i] @ txt[c].T + _tie_jitter(i, c)
-        return fn, fn
-    if mode == "pq":
-        pq_img, pq_txt = model.model.image_pq.cpu(), model.model.text_pq.cpu()
-        h_img, h_txt = torch.from_numpy(images.hash), torch.from_numpy(texts.hash)
-        c_img = torch.from_numpy(images.pq_codes.astype(np.int64))
-        c_txt = torch.from_numpy(texts.pq_codes.astype(np.int64))
-        i2t = lambda i, c: adc_scores(pq_txt.lookup_tables(h_img[i]), c_txt[c])
-        t2i = lambda i, c: adc_scores(pq_img.lookup_tables(h_txt[c]), c_img[i]).T
-        return i2t, t2i
-    if mode in ("cascade", "meet"):
-        return _cascade_functions(mode, model, images, texts, pair)
-    raise ConfigError(f"unknown mode {mode!r}", fix=f"choose from {', '.join(MODES)}")
+    def scores(self, mode: str, image_rows: np.ndarray, caption_rows: np.ndarray,
+               cascade: CascadeConfig) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(i2t, t2i)`` score matrices, each (n_images, n_captions) of the subset:
+        images querying the caption index, and captions querying the image index."""
+        key = (mode, np.asarray(image_rows).tobytes(), np.asarray(caption_rows).tobytes(), cascade)
+        if self._scores is None or self._scores[0] != key:
+            image_index, text_index = self.pair(image_rows, caption_rows)
+            i2t = full_scores(text_index, _rows(self.images, image_rows), mode, cascade)
+            t2i = full_scores(image_index, _rows(self.texts, caption_rows), mode, cascade)
+            self._scores = (key, (torch.from_numpy(i2t), torch.from_numpy(t2i).T))
+        return self._scores[1]
 
 
-def _tie_jitter(image_idx: torch.Tensor, caption_idx: torch.Tensor) -> torch.Tensor:
-    """A fixed pseudo-random value in [0, _TIE_JITTER) per (image, caption) pair, computed
-    from the two indices (a multiplicative hash), so breaking Hamming ties needs no
-    (n_images, n_captions) table: COCO 5K x 25K would cost 500 MB."""
-    mixed = (image_idx.long()[:, None] * 2654435761 + caption_idx.long()[None, :] * 40503 + 12345)
-    mixed = (mixed ^ (mixed >> 13)) * 1274126177
-    return (mixed % 65521).float() / 65521 * _TIE_JITTER
-
-
-def _take(encoded: Encoded, index: torch.Tensor) -> Encoded:
-    rows = index.numpy()
+def _rows(encoded: Encoded, rows: np.ndarray) -> Encoded:
+    rows = np.asarray(rows, np.int64)
+    if len(rows) == len(encoded) and np.array_equal(rows, np.arange(len(encoded))):
+        return encoded
     return Encoded(dense=encoded.dense[rows], hash=encoded.hash[rows], codes=encoded.codes[rows],
                    pq_codes=encoded.pq_codes[rows])
 
 
 def gallery_pair(model: MEETModel, images: Encoded, texts: Encoded) -> Galleries:
     """Index already-encoded images and captions (ids are positions) with the model's
-    ``reciprocal_k`` and ``pq_space``, for the cascade modes."""
-    from meet.index import pair_from_encoded
-
-    return pair_from_encoded(model, images, texts, [str(i) for i in range(len(images))],
-                             [str(i) for i in range(len(texts))], model.cfg.cascade.reciprocal_k,
-                             pq_space=model.cfg.cascade.pq_space)
+    Stage II build settings."""
+    return SplitIndexes(model, images, texts).pair()
 
 
-def _covers(index: torch.Tensor, n: int) -> bool:
-    return len(index) == n and bool(torch.equal(index, torch.arange(n)))
+def score_functions(mode: str, model: MEETModel, indexes: SplitIndexes) -> tuple[Callable, Callable]:
+    """(i2t, t2i) score functions ``f(image_idx, caption_idx) -> (n_img, n_cap)`` of one mode,
+    through the search engine on the subset's own index pair."""
+    if mode not in MODES:
+        raise ConfigError(f"unknown mode {mode!r}", fix=f"choose from {', '.join(MODES)}")
+    cascade = model.cfg.cascade
+    i2t = lambda i, c: indexes.scores(mode, _indices(i), _indices(c), cascade)[0]
+    t2i = lambda i, c: indexes.scores(mode, _indices(i), _indices(c), cascade)[1]
+    return i2t, t2i
 
 
-def _cascade_functions(mode: str, model: MEETModel, images: Encoded, texts: Encoded,
-                       pair: Galleries | None = None) -> tuple[Callable, Callable]:
-    """Score functions through the Stage II cascade; items a filter removed score -inf.
-
-    The gallery of each call is the given subset (a COCO fold is its own gallery), so the
-    index is built per subset; a full-split evaluation builds it once (memoised).
-    """
-    from meet.retrieval import full_scores
-
-    cfg = model.cfg.cascade
-    cache: dict[tuple[bytes, bytes], tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def both(i: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (i.numpy().tobytes(), c.numpy().tobytes())
-        if key not in cache:
-            sub_images, sub_texts = _take(images, i), _take(texts, c)
-            whole = pair is not None and _covers(i, len(images)) and _covers(c, len(texts))
-            image_index, text_index = pair if whole else gallery_pair(model, sub_images, sub_texts)
-            i2t = full_scores(sub_images, text_index, cfg, "i2t", mode)
-            t2i = full_scores(sub_texts, image_index, cfg, "t2i", mode)
-            cache.clear()
-            cache[key] = (torch.from_numpy(i2t), torch.from_numpy(t2i).T)
-        return cache[key]
-    return (lambda i, c: both(i, c)[0]), (lambda i, c: both(i, c)[1])
+def _indices(values: Any) -> np.ndarray:
+    return np.asarray(values.cpu() if isinstance(values, torch.Tensor) else values, np.int64)
 
 
 def filter_drops(model: MEETModel, pair: Galleries, images: Encoded, texts: Encoded,
@@ -160,14 +124,11 @@ def filter_drops(model: MEETModel, pair: Galleries, images: Encoded, texts: Enco
     Hamming survivors, over all relevant pairs; ``*_dropped_pq``: relevant items the
     quantization filter removed from the Hamming survivors, over all relevant pairs.
     """
-    from meet.retrieval import stage_survivors
-
     image_index, text_index = pair
-    cfg = model.cfg.cascade
     out = {}
-    for direction, queries, gallery, rel in (("t2i", texts, image_index, relevance.numpy()),
-                                             ("i2t", images, text_index, relevance.numpy().T)):
-        masks = stage_survivors(queries, gallery, cfg, direction)
+    for queries, index, rel in ((texts, image_index, relevance.numpy()), (images, text_index, relevance.numpy().T)):
+        direction = index.direction
+        masks = stage_survivors(index, queries, model.cfg.cascade)
         total = max(int(rel.sum()), 1)
         out[f"{direction}_relevant_dropped_hamming"] = float((rel & ~masks.after_hamming).sum()) / total
         out[f"{direction}_relevant_dropped_pq"] = float((rel & masks.after_hamming & ~masks.after_pq).sum()) / total
@@ -176,64 +137,40 @@ def filter_drops(model: MEETModel, pair: Galleries, images: Encoded, texts: Enco
     return out
 
 
-def _as_index(indices: torch.Tensor | np.ndarray | range) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(indices), dtype=torch.long)
-
-
 def evaluate_mode(mode: str, model: MEETModel, ds: ImageTextDataset, images: Encoded,
                   texts: Encoded, protocol: str = "full",
                   relevance: torch.Tensor | None = None,
-                  pair: Galleries | None = None) -> dict[str, float]:
-    """Recall metrics (+ ground-truth metrics, timings) of one mode on one split.
-    ``pair``: the split already indexed, for the cascade modes (built here if None)."""
-    if mode in ("cascade", "meet") and pair is None:
-        pair = gallery_pair(model, images, texts)
-    i2t_fn, t2i_fn = score_functions(mode, model, images, texts, pair)
-    i2t_fn_idx = lambda i, c: i2t_fn(_as_index(i), _as_index(c))
-    t2i_fn_idx = lambda i, c: t2i_fn(_as_index(i), _as_index(c))
+                  indexes: SplitIndexes | None = None) -> dict[str, float]:
+    """Recall metrics (+ ground-truth metrics, timings) of one mode on one split, with the
+    model's ``cfg.cascade`` as the search settings. ``indexes``: the split's index pairs,
+    shared between modes (built here if None)."""
+    indexes = indexes or SplitIndexes(model, images, texts, reciprocal=mode == "meet")
+    i2t_fn, t2i_fn = score_functions(mode, model, indexes)
     caption_image = torch.as_tensor(ds.caption_image, dtype=torch.long)
-    result = metrics.evaluate_protocol(i2t_fn_idx, ds.n_images, caption_image, protocol)
-    if t2i_fn is not i2t_fn:
-        t2i = metrics.evaluate_protocol(t2i_fn_idx, ds.n_images, caption_image, protocol)
-        result.update({k: v for k, v in t2i.items() if k.startswith("t2i")})
-        result["rsum"] = sum(result[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10))
-    all_img, all_cap = torch.arange(ds.n_images), torch.arange(len(ds.captions))
-    if mode in ("cascade", "meet"):  # the score functions are memoised: time real searches
-        result.update(_cascade_timing(mode, model, pair, images, texts))
-    else:
-        result.update(_search_timing(i2t_fn, t2i_fn, all_img, all_cap))
+    result = metrics.evaluate_protocol(i2t_fn, ds.n_images, caption_image, protocol)
+    t2i = metrics.evaluate_protocol(t2i_fn, ds.n_images, caption_image, protocol)
+    result.update({k: v for k, v in t2i.items() if k.startswith("t2i")})
+    result["rsum"] = sum(result[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10))
+    result.update(_search_timing(mode, model, indexes.pair(), images, texts))
     result["encode_ms_per_image"] = 1000 * images.seconds / max(len(images), 1)
     result["encode_ms_per_caption"] = 1000 * texts.seconds / max(len(texts), 1)
     if relevance is not None:
-        gt_i2t = metrics.ground_truth_metrics(i2t_fn(all_img, all_cap), relevance)
-        gt_t2i = metrics.ground_truth_metrics(t2i_fn(all_img, all_cap), relevance)
+        everything = (np.arange(ds.n_images), np.arange(len(ds.captions)))
+        gt_i2t = metrics.ground_truth_metrics(i2t_fn(*everything), relevance)
+        gt_t2i = metrics.ground_truth_metrics(t2i_fn(*everything), relevance)
         result.update({k: v for k, v in gt_i2t.items() if k.startswith("i2t")})
         result.update({k: v for k, v in gt_t2i.items() if k.startswith("t2i")})
     return result
 
 
-def _search_timing(i2t_fn: Callable, t2i_fn: Callable, all_img: torch.Tensor,
-                   all_cap: torch.Tensor) -> dict[str, float]:
-    """Wall time per query of scoring the whole split and taking the top 10, batched."""
-    start = time.perf_counter()
-    i2t_fn(all_img, all_cap).topk(min(10, len(all_cap)), dim=1)
-    mid = time.perf_counter()
-    t2i_fn(all_img, all_cap).T.topk(min(10, len(all_img)), dim=1)
-    end = time.perf_counter()
-    return {"search_ms_per_image_query": 1000 * (mid - start) / max(len(all_img), 1),
-            "search_ms_per_caption_query": 1000 * (end - mid) / max(len(all_cap), 1)}
-
-
-def _cascade_timing(mode: str, model: MEETModel, pair: Galleries, images: Encoded,
-                    texts: Encoded) -> dict[str, float]:
-    """Wall time per query of a batched top-10 cascade search over the whole split."""
-    from meet.retrieval import search
-
+def _search_timing(mode: str, model: MEETModel, pair: Galleries, images: Encoded,
+                   texts: Encoded) -> dict[str, float]:
+    """Wall time per query of a batched top-10 search of the whole split, both ways."""
     image_index, text_index = pair
     start = time.perf_counter()
-    search(images, text_index, model.cfg.cascade, "i2t", k=10, mode=mode)
+    text_index.search(images, k=10, mode=mode, cascade=model.cfg.cascade)
     mid = time.perf_counter()
-    search(texts, image_index, model.cfg.cascade, "t2i", k=10, mode=mode)
+    image_index.search(texts, k=10, mode=mode, cascade=model.cfg.cascade)
     end = time.perf_counter()
     return {"search_ms_per_image_query": 1000 * (mid - start) / max(len(images), 1),
             "search_ms_per_caption_query": 1000 * (end - mid) / max(len(texts), 1)}
@@ -247,13 +184,12 @@ def shapes_relevance(ds: ImageTextDataset) -> torch.Tensor | None:
     return torch.from_numpy(relevance_matrix(ds.caption_facts, ds.scenes))
 
 
-def single_object_precision(model: MEETModel, ds: ImageTextDataset, images: Encoded,
-                            texts: Encoded, modes: tuple[str, ...], k: int = 10,
-                            pair: Galleries | None = None) -> dict[str, dict[str, float]]:
+def single_object_precision(model: MEETModel, ds: ImageTextDataset, modes: tuple[str, ...],
+                            indexes: SplitIndexes, k: int = 10) -> dict[str, dict[str, float]]:
     """Text->image P@k of the single-object queries with at least k relevant images
     (Shapes only): all of them, "a {colour} {shape}" ("a red circle") and "a {size}
-    {colour} {shape}" ("a small blue star"). {mode: {"all": p, "colour_shape": p,
-    "size_colour_shape": p, "n_queries": n}}."""
+    {colour} {shape}" ("a small blue star"), searched over the split's image index.
+    {mode: {"all": p, "colour_shape": p, "size_colour_shape": p, "n_queries": n}}."""
     from meet.data.shapes import parse_caption, relevance_matrix, single_object_queries
 
     queries = single_object_queries()
@@ -263,18 +199,10 @@ def single_object_precision(model: MEETModel, ds: ImageTextDataset, images: Enco
     with_size = torch.tensor([len(q.split()) == 4 for q in kept], dtype=torch.bool)  # "a small blue star"
     probes = model.encode_texts(kept)
     relevance = relevance[keep]
-    image_index = pair[0] if pair is not None else None
+    image_index, _ = indexes.pair()
     out = {}
     for mode in modes:
-        if mode in ("cascade", "meet"):
-            # the gallery is the split's images, indexed against the split's captions
-            from meet.retrieval import full_scores
-            if image_index is None:
-                image_index, _ = gallery_pair(model, images, texts)
-            scores = torch.from_numpy(full_scores(probes, image_index, model.cfg.cascade, "t2i", mode))
-        else:
-            _, t2i_fn = score_functions(mode, model, images, probes)
-            scores = t2i_fn(torch.arange(len(images)), torch.arange(len(probes))).T
+        scores = torch.from_numpy(full_scores(image_index, probes, mode, model.cfg.cascade))
         p = metrics.precision_at_k(scores, relevance, k)
         out[mode] = {"all": float(p.mean()), "colour_shape": float(p[~with_size].mean()),
                      "size_colour_shape": float(p[with_size].mean()), "n_queries": len(kept)}
@@ -284,18 +212,18 @@ def single_object_precision(model: MEETModel, ds: ImageTextDataset, images: Enco
 def evaluate(model: MEETModel, ds: ImageTextDataset, modes: tuple[str, ...] = MODES,
              protocol: str = "full", progress: bool = False) -> dict[str, dict[str, float]]:
     """Every requested mode on one split: {mode: metrics}."""
-    images, texts = encode_dataset(model, ds, progress=progress)
+    images, texts = model.encode_dataset(ds, progress=progress)
     relevance = shapes_relevance(ds)
-    pair = gallery_pair(model, images, texts) if any(m in ("cascade", "meet") for m in modes) else None
-    results = {mode: evaluate_mode(mode, model, ds, images, texts, protocol, relevance, pair)
+    indexes = SplitIndexes(model, images, texts, reciprocal="meet" in modes)
+    results = {mode: evaluate_mode(mode, model, ds, images, texts, protocol, relevance, indexes)
                for mode in modes}
-    if relevance is not None and pair is not None:
-        drops = filter_drops(model, pair, images, texts, relevance)
+    if relevance is not None and any(m in FILTER_MODES for m in modes):
+        drops = filter_drops(model, indexes.pair(), images, texts, relevance)
         for mode in modes:
-            if mode in ("cascade", "meet"):
+            if mode in FILTER_MODES:
                 results[mode].update(drops)
     if relevance is not None:
-        for mode, values in single_object_precision(model, ds, images, texts, modes, pair=pair).items():
+        for mode, values in single_object_precision(model, ds, modes, indexes).items():
             results[mode]["t2i_single_object_p@10"] = values["all"]
             results[mode]["t2i_colour_shape_p@10"] = values["colour_shape"]
             results[mode]["t2i_size_colour_shape_p@10"] = values["size_colour_shape"]
@@ -329,15 +257,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint or run folder")
     parser.add_argument("--data", required=True, type=Path, help="data set folder")
     parser.add_argument("--split", default="test")
-    parser.add_argument("--protocol", default="full", choices=["full", "1k", "5fold", "5k"])
+    parser.add_argument("--protocol", default="full", choices=metrics.PROTOCOLS)
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, from {','.join(MODES)}")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--pq-space", choices=["hash", "dense", "residual"], default=None,
-                        help="what the quantization filter's codes quantize (default: the checkpoint's)")
-    parser.add_argument("--hamming-scores", choices=["symmetric", "asymmetric"], default=None,
-                        help="how the Hamming filter ranks codes (default: the checkpoint's)")
     parser.add_argument("--image-dir", type=Path, default=None, help="raw images, if not under --data")
+    stage2 = parser.add_argument_group("Stage II settings (default: the checkpoint's)")
+    cli.add_config_flags(stage2, CascadeConfig, section="cascade")
     return parser
 
 
@@ -350,41 +276,33 @@ def _first_existing(path: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        from meet.data.loading import load_split
-        from meet.inference import load
+    return cli.run(lambda: _main(args))
 
-        modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
-        unknown = [m for m in modes if m not in MODES]
-        if unknown or not modes:
-            raise ConfigError(f"unknown mode(s) {unknown}", fix=f"--modes takes {','.join(MODES)}")
-        if args.json is not None and (args.json.is_dir() or _first_existing(args.json.parent).is_file()):
-            raise ConfigError(f"--json {args.json} cannot be written (a folder, or under a file)",
-                              fix="pass a file path in a writable folder")
-        model = load(args.checkpoint, device=args.device)
-        if args.pq_space is not None:
-            model.cfg.cascade.pq_space = args.pq_space
-        if args.hamming_scores is not None:
-            model.cfg.cascade.hamming_scores = args.hamming_scores
-        ds = load_split(args.data, args.split, model.cfg.model, image_dir=args.image_dir)
-        results = evaluate(model, ds, modes, args.protocol, progress=True)
-    except MEETError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+
+def _main(args: argparse.Namespace) -> None:
+    from meet.config import validate
+    from meet.data.loading import load_split
+    from meet.inference import load
+
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        raise ConfigError(f"unknown mode(s) {unknown}", fix=f"--modes takes {','.join(MODES)}")
+    if args.json is not None and (args.json.is_dir() or _first_existing(args.json.parent).is_file()):
+        raise ConfigError(f"--json {args.json} cannot be written (a folder, or under a file)",
+                          fix="pass a file path in a writable folder")
+    model = load(args.checkpoint, device=args.device)
+    model.cfg = validate(model.cfg.override(**cli.given_flags(args, [f.name for f in dataclasses.fields(CascadeConfig)])))
+    ds = load_split(args.data, args.split, model.cfg.model, image_dir=args.image_dir)
+    results = evaluate(model, ds, modes, args.protocol, progress=True)
     print(format_table(results))
     if args.json:
-        tmp = args.json.with_name(args.json.name + ".tmp")
         try:
             args.json.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(results, indent=2, sort_keys=True))
-            tmp.replace(args.json)
+            cli.atomic_write_json(args.json, results)
         except OSError as exc:
-            if tmp.is_file():
-                tmp.unlink()
-            print(f"error: cannot write --json {args.json}: {exc} (choose a writable path)", file=sys.stderr)
-            return 2
+            raise ConfigError(f"cannot write --json {args.json}: {exc}", fix="choose a writable path") from exc
         print(f"wrote {args.json}")
-    return 0
 
 
 if __name__ == "__main__":

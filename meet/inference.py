@@ -18,7 +18,7 @@ from meet.config import MEETConfig
 from meet.data.images import open_image
 from meet.errors import ConfigError, DataError
 from meet.model import MEET
-from meet.quantization import pack_codes
+from meet.quantization import code_dtype, pack_codes
 
 
 def select_device(name: str | None = "auto") -> torch.device:
@@ -48,7 +48,8 @@ class Encoded:
 
     ``dense`` (n, embed_dim) float32 L2-normalised; ``hash`` (n, n_bits) float32 in
     [-1, 1]; ``codes`` (n, n_bits / 8) uint8 bit-packed ``sign(hash)``; ``pq_codes``
-    (n, n_codebooks) uint8 (or int16 when codebook_size > 256); ``seconds`` wall time.
+    (n, n_codebooks) of the model's own (hash-space) codebooks, uint8 (uint16 when
+    codebook_size > 256); ``seconds`` wall time.
     """
 
     dense: np.ndarray
@@ -90,6 +91,39 @@ class MEETModel:
                              progress: Callable[[int, int], None] | None = None) -> Encoded:
         """Encode ready-made image-encoder input batches (data-set tensors)."""
         return self._encode(batches, "image", n_items, batch_size, progress)
+
+    def encode_dataset(self, dataset: Any, batch_size: int = 256,
+                       progress: Callable[[int, int], None] | bool = False) -> tuple[Encoded, Encoded]:
+        """Every image and caption of a data set split (an
+        :class:`~meet.data.dataset.ImageTextDataset`): ``(images, captions)``.
+
+        ``progress``: a ``progress(done, total)`` callback counting images then captions
+        against their sum, or True for a tqdm bar."""
+        n_images, n_captions = dataset.n_images, len(dataset.captions)
+        total, bar = n_images + n_captions, None
+        if progress is True:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total, desc=f"encode {dataset.split}", leave=False)
+        report = progress if callable(progress) else None
+
+        def tick(offset: int) -> Callable[[int, int], None]:
+            def step(done: int, _total: int) -> None:
+                if bar is not None:
+                    bar.n = offset + done
+                    bar.refresh()
+                if report is not None:
+                    report(offset + done, total)
+            return step
+
+        batches = (dataset.images(range(s, min(s + batch_size, n_images))) for s in range(0, n_images, batch_size))
+        try:
+            images = self.encode_image_batches(batches, n_images, batch_size, progress=tick(0))
+            texts = self.encode_texts(dataset.captions, batch_size=batch_size * 4, progress=tick(n_images))
+        finally:
+            if bar is not None:
+                bar.close()
+        return images, texts
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 1024,
                      progress: Callable[[int, int], None] | None = None) -> Encoded:
@@ -176,11 +210,10 @@ class MEETModel:
             pq_codes = pq.encode(hash_t.to(pq.codebooks.device)).cpu().numpy()
         else:
             pq_codes = np.zeros((hash_t.shape[0], self.cfg.model.n_codebooks), dtype=np.int64)
-        code_dtype = np.uint8 if self.cfg.model.codebook_size <= 256 else np.int16
         return Encoded(dense=dense_t.numpy(), hash=hash_t.numpy(),
                        codes=pack_codes(hash_t.numpy()) if hash_t.shape[0] else
                        np.zeros((0, n_bits // 8), np.uint8),
-                       pq_codes=pq_codes.astype(code_dtype),
+                       pq_codes=pq_codes.astype(code_dtype(self.cfg.model.codebook_size)),
                        seconds=time.perf_counter() - start)
 
 

@@ -15,13 +15,12 @@ matrix of shape (5000, 25000) needs only ``block_size x 25000`` temporaries at o
 similarity matrix itself is taken dense: it is the caller's (``score_fn``'s) job to keep it
 small, which the fold protocol does by asking only for 1K x 5K blocks.
 
-Tie conventions (documented because they move numbers on quantised or hashed scores):
-
-* Ranks (``i2t_ranks``, ``t2i_ranks``) count competitors scoring **strictly higher** than
-  the own item, so a tie is resolved in the query's favour (the optimistic convention; it
-  equals an argsort that puts the own item first among equal scores).
-* Precision@k and mAP@R order items by score with ties broken by **lower item index
-  first** (a stable descending sort), so they are deterministic and reproducible.
+One tie rule (documented because it moves numbers on quantised or hashed scores): items
+are ordered by score, and **equal scores by lower item index first** (a stable descending
+sort), the rule every stage of :mod:`meet.search` ranks by. So a rank here is the own
+item's place in the order a search returns: the competitors scoring strictly higher, plus
+the equal ones at a lower index. Hashed scores tie a lot (64-bit Hamming distances take 65
+values); a rule that counted ties in the query's favour would flatter them.
 """
 
 from __future__ import annotations
@@ -89,9 +88,10 @@ def i2t_ranks(sims: Tensor, caption_image: Tensor,
     """Image->text rank of each image: the 0-based rank of its best-ranked own caption.
 
     This is the standard 5-caption protocol ("rank of the first of the image's captions").
-    No argsort: each image's best own score comes from a scatter-amax over its captions,
-    then the rank is the number of captions scoring strictly higher (ties are counted in
-    the image's favour), computed ``block_size`` images at a time.
+    No argsort: each image's first own caption in (score desc, index asc) order comes from
+    a scatter-amax of the scores and a scatter-amin of the indices at that score; its rank
+    is the number of captions scoring strictly higher plus those scoring the same at a
+    lower index, computed ``block_size`` images at a time.
 
     Args:
         sims: (n_images, n_captions) similarities, higher = more similar.
@@ -116,18 +116,24 @@ def i2t_ranks(sims: Tensor, caption_image: Tensor,
     own = _own_scores(sims, caption_image)
     best = torch.full((n_images,), float("-inf"), dtype=sims.dtype, device=sims.device)
     best = best.scatter_reduce(0, caption_image, own, reduce="amax", include_self=True)
+    columns = torch.arange(sims.shape[1], device=sims.device)
+    at_best = torch.where(own == best[caption_image], columns, sims.shape[1])
+    first = torch.full((n_images,), sims.shape[1], dtype=torch.long, device=sims.device)
+    first = first.scatter_reduce(0, caption_image, at_best, reduce="amin", include_self=True)
     ranks = torch.empty(n_images, dtype=torch.long, device=sims.device)
     for start in range(0, n_images, block_size):
         block = sims[start:start + block_size]
         _check_no_nan(block, "sims")
-        ranks[start:start + block_size] = (block > best[start:start + block_size, None]).sum(1)
+        level = best[start:start + block_size, None]
+        earlier = columns[None, :] < first[start:start + block_size, None]
+        ranks[start:start + block_size] = ((block > level) | ((block == level) & earlier)).sum(1)
     return ranks
 
 
 def t2i_ranks(sims: Tensor, caption_image: Tensor,
               block_size: int = DEFAULT_BLOCK_SIZE) -> Tensor:
     """Text->image rank of each caption: the number of images scoring strictly higher
-    than the caption's own image (0-based; ties counted in the caption's favour).
+    than the caption's own image, plus those scoring the same at a lower index (0-based).
 
     Args:
         sims: (n_images, n_captions) similarities.
@@ -141,11 +147,14 @@ def t2i_ranks(sims: Tensor, caption_image: Tensor,
     caption_image = _check_sims(sims, caption_image)
     n_captions = sims.shape[1]
     own = _own_scores(sims, caption_image)
+    rows = torch.arange(sims.shape[0], device=sims.device)
     ranks = torch.empty(n_captions, dtype=torch.long, device=sims.device)
     for start in range(0, n_captions, block_size):
         block = sims[:, start:start + block_size]
         _check_no_nan(block, "sims")
-        ranks[start:start + block_size] = (block > own[None, start:start + block_size]).sum(0)
+        level = own[None, start:start + block_size]
+        earlier = rows[:, None] < caption_image[None, start:start + block_size]
+        ranks[start:start + block_size] = ((block > level) | ((block == level) & earlier)).sum(0)
     return ranks
 
 

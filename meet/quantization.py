@@ -1,16 +1,18 @@
-"""Product quantization of the hash features, and the binary codes.
+"""Product quantization math, the Stage I product quantizer, and the binary codes.
 
-A :class:`ProductQuantizer` splits an ``n_bits``-dim hash feature into
-``n_codebooks`` consecutive sub-vectors and replaces each by the nearest of
-``codebook_size`` codewords: one byte per sub-space when ``codebook_size <= 256``.
-Codebooks are (re)fit by faiss k-means per sub-space (METHOD.md: after each epoch, on
-the training set's hash features). With block-diagonal codebooks the nearest-codeword
+Product quantization splits a ``dim``-d vector into ``n_codebooks`` consecutive
+sub-vectors and replaces each by the nearest of ``codebook_size`` codewords: one byte per
+sub-space when ``codebook_size <= 256``. The math is written once, as the functions
+:func:`kmeans_codebooks`, :func:`nearest_codewords`, :func:`product_decode` and
+:func:`product_tables` over an ``(n_codebooks, codebook_size, sub_dim)`` codebook tensor
+(faiss contrib's shape); the Stage I :class:`ProductQuantizer` (the model's codebooks,
+trained on the hash features) and the search quantizers of :mod:`meet.search.quantizers`
+both call them.
+
+Codebooks are (re)fit by faiss k-means per sub-space (METHOD.md: after each epoch, on the
+training set's hash features). With block-diagonal codebooks the nearest-codeword
 assignment per sub-space is the exact minimiser of ``||h - C b||^2`` (what the released
 code calls an ICM update), so no iterative search is needed.
-
-The class follows faiss contrib's shape: ``fit`` / ``encode`` / ``decode`` and an
-``(n_codebooks, codebook_size, sub_dim)`` codebook tensor, here kept as a buffer of an
-``nn.Module`` so it travels with the model to a device and into a checkpoint.
 """
 
 from __future__ import annotations
@@ -22,8 +24,66 @@ from torch import nn
 from meet.errors import ConfigError
 
 
+# ------------------------------------------------------------------ the math, written once
+
+def kmeans_codebooks(x: np.ndarray, n_codebooks: int, codebook_size: int, n_iter: int = 20,
+                     seed: int = 0) -> np.ndarray:
+    """faiss k-means per sub-space of ``x`` (n, dim) float32 -> codebooks (M, K, dim / M)
+    float32; sub-space ``m`` is seeded ``seed + m``."""
+    import faiss  # lazy: heavy, and only fitting needs it
+
+    x = np.asarray(x, dtype=np.float32)
+    sub_dim = x.shape[1] // n_codebooks
+    if x.shape[0] < codebook_size:
+        raise ConfigError(f"k-means needs at least codebook_size={codebook_size} training vectors, "
+                          f"got {x.shape[0]}", fix="use more training data or a smaller --codebook-size")
+    books = np.empty((n_codebooks, codebook_size, sub_dim), np.float32)
+    for m in range(n_codebooks):
+        sub = np.ascontiguousarray(x[:, m * sub_dim:(m + 1) * sub_dim])
+        # min_points_per_centroid=1 only silences faiss's "please provide at least 39 points
+        # per centroid" warning; small fits are legitimate in tests.
+        kmeans = faiss.Kmeans(sub_dim, codebook_size, niter=n_iter, seed=seed + m, verbose=False,
+                              min_points_per_centroid=1)
+        kmeans.train(sub)
+        books[m] = kmeans.centroids
+    return books
+
+
+def _split(x: torch.Tensor, n_codebooks: int) -> torch.Tensor:
+    """(n, dim) -> (n_codebooks, n, dim / n_codebooks)."""
+    return x.reshape(x.shape[0], n_codebooks, -1).transpose(0, 1)
+
+
+def nearest_codewords(x: torch.Tensor, codebooks: torch.Tensor, block: int = 65536) -> torch.Tensor:
+    """Nearest codeword per sub-space: (n, dim) -> int64 codes (n, M), in blocks of rows."""
+    n_codebooks = codebooks.shape[0]
+    out = [torch.cdist(_split(x[s:s + block].to(codebooks), n_codebooks), codebooks).argmin(dim=2).T
+           for s in range(0, x.shape[0], block)]
+    if not out:
+        return torch.zeros(0, n_codebooks, dtype=torch.long, device=codebooks.device)
+    return torch.cat(out)
+
+
+def product_decode(codes: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:
+    """Reconstruction: codes (n, M) -> (n, M * sub_dim), one codeword per sub-space.
+    Differentiable in the codebooks (a gather)."""
+    codes = codes.long().to(codebooks.device)
+    return torch.cat([codebooks[m][codes[:, m]] for m in range(codebooks.shape[0])], dim=1)
+
+
+def product_tables(queries: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:
+    """ADC lookup tables: (n_queries, M * sub_dim) -> (n_queries, M, K), entry [q, m, c] the
+    inner product of the query's m-th sub-vector with codeword c of codebook m. The
+    asymmetric score of an item with codes ``b`` is ``sum_m table[q, m, b_m]``."""
+    return torch.einsum("mqd,mkd->qmk", _split(queries.to(codebooks), codebooks.shape[0]), codebooks)
+
+
+# ------------------------------------------------------------------ Stage I: the model's quantizer
+
 class ProductQuantizer(nn.Module):
-    """Codebooks ``(n_codebooks, codebook_size, dim // n_codebooks)`` over ``dim``-d vectors."""
+    """The model's codebooks ``(n_codebooks, codebook_size, dim // n_codebooks)`` over the
+    ``dim``-d hash features, kept as a buffer so they travel with the model to a device and
+    into a checkpoint; refit after each epoch, and read by L_q."""
 
     def __init__(self, dim: int, n_codebooks: int, codebook_size: int):
         super().__init__()
@@ -46,65 +106,32 @@ class ProductQuantizer(nn.Module):
     @torch.no_grad()
     def fit(self, x: torch.Tensor, n_iter: int = 20, seed: int = 0) -> "ProductQuantizer":
         """Fit every codebook by faiss k-means on its sub-space of ``x`` (n, dim)."""
-        import faiss  # lazy: heavy, and only training needs it
-
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ConfigError(f"fit expects (n, {self.dim}) features, got {tuple(x.shape)}")
-        if x.shape[0] < self.codebook_size:
-            raise ConfigError(
-                f"k-means needs at least codebook_size={self.codebook_size} training vectors, "
-                f"got {x.shape[0]}", fix="use more training data or a smaller --codebook-size")
-        data = x.detach().float().cpu().numpy()
-        centroids = []
-        for m in range(self.n_codebooks):
-            sub = np.ascontiguousarray(data[:, m * self.sub_dim:(m + 1) * self.sub_dim])
-            # min_points_per_centroid=1 only silences faiss's "please provide at least
-            # 39 points per centroid" warning; small fits are legitimate in tests.
-            kmeans = faiss.Kmeans(self.sub_dim, self.codebook_size, niter=n_iter,
-                                  seed=seed + m, verbose=False, min_points_per_centroid=1)
-            kmeans.train(sub)
-            centroids.append(torch.from_numpy(kmeans.centroids.copy()))
-        self.codebooks.copy_(torch.stack(centroids).to(self.codebooks))
+        books = kmeans_codebooks(x.detach().float().cpu().numpy(), self.n_codebooks, self.codebook_size,
+                                 n_iter=n_iter, seed=seed)
+        self.codebooks.copy_(torch.from_numpy(books).to(self.codebooks))
         self.fitted.fill_(True)
         return self
-
-    def _split(self, x: torch.Tensor) -> torch.Tensor:
-        """(n, dim) -> (n_codebooks, n, sub_dim)."""
-        return x.reshape(x.shape[0], self.n_codebooks, self.sub_dim).transpose(0, 1)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor, block: int = 65536) -> torch.Tensor:
         """Nearest codeword per sub-space: (n, dim) -> long codes (n, n_codebooks)."""
         self._check_fitted()
-        out = []
-        for start in range(0, x.shape[0], block):
-            sub = self._split(x[start:start + block].to(self.codebooks))
-            dists = torch.cdist(sub, self.codebooks)  # (M, n, K)
-            out.append(dists.argmin(dim=2).transpose(0, 1))
-        if not out:
-            return torch.zeros(0, self.n_codebooks, dtype=torch.long, device=self.codebooks.device)
-        return torch.cat(out)
+        return nearest_codewords(x, self.codebooks, block)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """Reconstruction: long codes (n, n_codebooks) -> (n, dim). Differentiable in the
-        codebooks (gather), which L_q does not need but costs nothing."""
-        codes = codes.long().to(self.codebooks.device)
-        parts = [self.codebooks[m][codes[:, m]] for m in range(self.n_codebooks)]
-        return torch.cat(parts, dim=1)
+        """Reconstruction: long codes (n, n_codebooks) -> (n, dim)."""
+        return product_decode(codes, self.codebooks)
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         """``decode(encode(x))``: the quantized vector, (n, dim)."""
         return self.decode(self.encode(x.detach()))
 
     def lookup_tables(self, queries: torch.Tensor) -> torch.Tensor:
-        """Inner products of each query sub-vector with every codeword.
-
-        (n_queries, dim) -> (n_queries, n_codebooks, codebook_size). The asymmetric score
-        of an item with codes ``b`` is ``sum_m table[q, m, b_m]`` (see :func:`adc_scores`).
-        """
+        """(n_queries, dim) -> (n_queries, n_codebooks, codebook_size); see :func:`product_tables`."""
         self._check_fitted()
-        sub = self._split(queries.to(self.codebooks))  # (M, nq, d)
-        return torch.einsum("mqd,mkd->qmk", sub, self.codebooks)
+        return product_tables(queries, self.codebooks)
 
     def _check_fitted(self) -> None:
         if not self.is_fitted:
@@ -112,21 +139,13 @@ class ProductQuantizer(nn.Module):
                               fix="fit it (training does this after each epoch) or load a checkpoint")
 
 
-def adc_scores(tables: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    """Asymmetric (float query, quantized item) inner products from lookup tables.
+def code_dtype(codebook_size: int) -> np.dtype:
+    """The narrowest unsigned type that holds codes ``0..codebook_size - 1`` (uint8 up to
+    256 codewords, uint16 up to 65,536)."""
+    return np.dtype(np.uint8 if codebook_size <= 256 else np.uint16)
 
-    ``tables`` (n_queries, M, K), ``codes`` (n_items, M) -> scores (n_queries, n_items).
-    Touches only the given items' codes: cost n_queries x n_items x M table reads.
-    """
-    n_queries, n_codebooks, size = tables.shape
-    codes = codes.long().to(tables.device)
-    # Offset each sub-space's code into one flat (M*K) table, then gather and sum.
-    flat = tables.reshape(n_queries, n_codebooks * size)
-    offsets = torch.arange(n_codebooks, device=tables.device) * size
-    index = (codes + offsets).reshape(-1)  # (n_items*M,)
-    gathered = flat[:, index].reshape(n_queries, codes.shape[0], n_codebooks)
-    return gathered.sum(dim=2)
 
+# ------------------------------------------------------------------ binary codes
 
 def binarize(hash_features: torch.Tensor) -> torch.Tensor:
     """Sign codes in {-1, +1} (zero counts as +1), same shape as the input."""

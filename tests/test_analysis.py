@@ -21,11 +21,11 @@ from meet.analysis import (aggregate_funnel, bit_balance, codebook_usage, hammin
                            reweighting_view, true_match_ranks, umap_layout)
 from meet.config import CascadeConfig
 from meet.errors import ConfigError, DataError
-from meet.index import GalleryIndex
 from meet.inference import Encoded
 from meet.quantization import ProductQuantizer, pack_codes, unpack_codes
-from meet.reciprocal import reciprocal_scores
-from meet.retrieval import search, stage_survivors
+from meet.search import GalleryIndex, HashPQ, stage_survivors
+from meet.search.quantizers import QUANTIZERS
+from meet.search.rerank import reciprocal_scores
 
 N_BITS, N_CODEBOOKS, CODEBOOK_SIZE, DIM = 16, 4, 16, 12
 
@@ -51,18 +51,28 @@ def make_pair(seed: int = 0, n_images: int = 150, n_texts: int = 120, n_clusters
     images = _side(rng, image_labels, centres, dense_centres, books[0])
     texts = _side(rng, text_labels, centres, dense_centres, books[1])
     rec_img, rec_txt = reciprocal_scores(images.dense.astype(np.float16), texts.dense.astype(np.float16), 20, 20)
-    image_index = GalleryIndex.from_arrays("image", [f"img{i}" for i in range(n_images)], images.dense,
-                                           images.codes, images.pq_codes, books[0], rec_img)
-    text_index = GalleryIndex.from_arrays("text", [f"cap{i}" for i in range(n_texts)], texts.dense,
-                                          texts.codes, texts.pq_codes, books[1], rec_txt)
+    image_index = GalleryIndex("image", [f"img{i}" for i in range(n_images)], images.dense, images.codes,
+                               images.pq_codes, HashPQ(books[0]), hash=images.hash, reciprocal=rec_img)
+    text_index = GalleryIndex("text", [f"cap{i}" for i in range(n_texts)], texts.dense, texts.codes,
+                              texts.pq_codes, HashPQ(books[1]), hash=texts.hash, reciprocal=rec_txt)
     return image_index, text_index, images, texts, text_labels[:, None] == image_labels[None, :]
+
+
+def in_space(index: GalleryIndex, space: str) -> GalleryIndex:
+    """The same items behind a quantizer of ``space`` fitted on them (``hash``: unchanged)."""
+    if space == "hash":
+        return index
+    quantizer = QUANTIZERS[space].fit(index.dense.astype(np.float32), N_CODEBOOKS, CODEBOOK_SIZE, n_iter=5,
+                                      beam_size=2)
+    return GalleryIndex(index.side, index.ids, index.dense, index.codes, quantizer.encode(quantizer.source(index)),
+                        quantizer, hash=index.hash, reciprocal=index.reciprocal, cascade=index.cascade)
 
 
 @pytest.fixture(scope="module")
 def synthetic():
     image_index, text_index, images, texts, rel = make_pair()
     cfg = CascadeConfig(reciprocal_k=20)
-    traces = search(texts, image_index, cfg, "t2i", k=10, mode="meet", trace=True).traces
+    traces = image_index.search(texts, k=10, mode="meet", cascade=cfg, trace=True).traces
     return SimpleNamespace(image_index=image_index, text_index=text_index, images=images, texts=texts,
                            rel=rel, cfg=cfg, traces=traces)
 
@@ -121,11 +131,11 @@ def test_quantization_errors_match_product_quantizer_decode(monkeypatch):
     recon = pq.decode(torch.from_numpy(codes.astype(np.int64))).numpy()
     expected = [float(((features[i] - recon[i]) ** 2).sum()) for i in range(50)]
     small_budget(monkeypatch, 40)
-    errors = quantization_errors(features, codes, pq.codebooks.numpy())
+    errors = quantization_errors(features, codes, HashPQ(pq.codebooks.numpy()))
     np.testing.assert_allclose(errors, expected, rtol=1e-5)
     assert errors.shape == (50,)
     with pytest.raises(DataError, match="do not fit"):
-        quantization_errors(features[:, :8], codes, pq.codebooks.numpy())
+        quantization_errors(features[:, :8], codes, HashPQ(pq.codebooks.numpy()))
 
 
 def test_unpack_codes_inverts_pack_codes():
@@ -216,8 +226,7 @@ def test_query_funnel_matches_set_arithmetic(synthetic):
 
 
 def test_funnel_views_reject_exhaustive_traces(synthetic):
-    trace = search(synthetic.texts, synthetic.image_index, synthetic.cfg, "t2i", k=5, mode="dense",
-                   trace=True).traces[0]
+    trace = synthetic.image_index.search(synthetic.texts, k=5, mode="dense", trace=True).traces[0]
     for call in (lambda: query_funnel(trace), lambda: reweighting_view(trace),
                  lambda: true_match_ranks(trace, synthetic.rel[0])):
         with pytest.raises(DataError, match="mode='cascade' or 'meet'"):
@@ -228,9 +237,10 @@ def test_funnel_views_reject_exhaustive_traces(synthetic):
 def test_aggregate_funnel_matches_stage_survivors(synthetic, monkeypatch, direction):
     queries, gallery, rel = ((synthetic.texts, synthetic.image_index, synthetic.rel) if direction == "t2i"
                              else (synthetic.images, synthetic.text_index, synthetic.rel.T))
-    masks = stage_survivors(queries, gallery, synthetic.cfg, direction)
+    masks = stage_survivors(gallery, queries, synthetic.cfg)
     small_budget(monkeypatch, 4 * gallery.n_items * 9)  # blocks of 9 queries
-    agg = aggregate_funnel(queries, gallery, synthetic.cfg, direction, rel)
+    agg = aggregate_funnel(gallery, queries, rel, synthetic.cfg)
+    assert agg.direction == direction
     total = rel.sum()
     after_h, after_pq = (rel & masks.after_hamming).sum(), (rel & masks.after_pq).sum()
     assert agg.total_relevant == total
@@ -246,11 +256,17 @@ def test_aggregate_funnel_matches_stage_survivors(synthetic, monkeypatch, direct
     json_round_trip(agg)
 
 
-def test_recall_cost_curve_rows_equal_stage_survivors(synthetic, monkeypatch):
-    cfg = synthetic.cfg
+@pytest.mark.parametrize("space", ["hash", "dense", "residual"])
+@pytest.mark.parametrize("scoring", ["symmetric", "asymmetric"])
+def test_recall_cost_curve_rows_equal_stage_survivors(synthetic, monkeypatch, scoring, space):
+    """Every row of the curve is what the cascade's filters keep at those rates, for every
+    Hamming scoring and quantization space (the curve once re-implemented the filters and
+    scored Hamming symmetrically whatever the config said)."""
+    cfg = dataclasses.replace(synthetic.cfg, hamming_scores=scoring)
+    gallery = in_space(synthetic.image_index, space)
     small_budget(monkeypatch, 8 * 150 * 11)  # blocks of 11 queries
-    curve = recall_cost_curve(synthetic.texts, synthetic.image_index, cfg, "t2i", synthetic.rel,
-                              hamming_rates=[0.2, 0.6, 60], pq_rates=[0.5, 1.0, 7])
+    curve = recall_cost_curve(gallery, synthetic.texts, synthetic.rel, hamming_rates=[0.2, 0.6, 60],
+                              pq_rates=[0.5, 1.0, 7], cascade=cfg)
     assert len(curve.R) == 10  # 3 x 3 grid + the config's own (0.6, 0.6) appended
     assert curve.operating_index == 9
     assert curve.operating_point["hamming_rate"] == 0.6 and curve.operating_point["pq_rate"] == 0.6
@@ -258,21 +274,27 @@ def test_recall_cost_curve_rows_equal_stage_survivors(synthetic, monkeypatch):
     for i in range(len(curve.R)):
         rates = dataclasses.replace(cfg, hamming_rate_t2i=float(curve.hamming_rate[i]),
                                     pq_rate_t2i=float(curve.pq_rate[i]))
-        masks = stage_survivors(synthetic.texts, synthetic.image_index, rates, "t2i")
+        masks = stage_survivors(gallery, synthetic.texts, rates)
         assert curve.R[i] == masks.after_hamming.sum(1)[0] and curve.q[i] == masks.after_pq.sum(1)[0]
         assert curve.ceiling_after_hamming[i] == pytest.approx((synthetic.rel & masks.after_hamming).sum() / total)
         assert curve.ceiling_after_pq[i] == pytest.approx((synthetic.rel & masks.after_pq).sum() / total)
         assert curve.cost[i] == pytest.approx(curve.q[i] / 150)
-    agg = aggregate_funnel(synthetic.texts, synthetic.image_index, cfg, "t2i", synthetic.rel)
+    agg = aggregate_funnel(gallery, synthetic.texts, synthetic.rel, cfg)
     assert curve.operating_point["ceiling_after_pq"] == pytest.approx(agg.recall_ceiling[2])
+    assert curve.operating_point["ceiling_after_hamming"] == pytest.approx(agg.recall_ceiling[1])
+
+
+def test_recall_cost_curve_grid_and_errors(synthetic):
+    cfg = synthetic.cfg
     # the config's rates already in the grid: no extra row
-    inside = recall_cost_curve(synthetic.texts, synthetic.image_index, cfg, "t2i", synthetic.rel, [0.6], [0.6])
-    assert len(inside.R) == 1 and inside.operating_index == 0
-    assert len(json_round_trip(curve)["R"]) == 10 and len(curve.rows()) == 10
+    inside = recall_cost_curve(synthetic.image_index, synthetic.texts, synthetic.rel, [0.6], [0.6], cfg)
+    assert len(inside.R) == 1 and inside.operating_index == 0 and inside.direction == "t2i"
+    curve = recall_cost_curve(synthetic.image_index, synthetic.texts, synthetic.rel, [0.2, 0.6], [0.5], cfg)
+    assert len(json_round_trip(curve)["R"]) == 3 and len(curve.rows()) == 3
     with pytest.raises(ConfigError):
-        recall_cost_curve(synthetic.texts, synthetic.image_index, cfg, "t2i", synthetic.rel, [], [0.5])
-    with pytest.raises(DataError, match="image gallery"):
-        recall_cost_curve(synthetic.images, synthetic.text_index, cfg, "t2i", synthetic.rel.T, [0.5], [0.5])
+        recall_cost_curve(synthetic.image_index, synthetic.texts, synthetic.rel, [], [0.5], cfg)
+    with pytest.raises(DataError, match="relevant has shape"):  # image queries need the transposed truth
+        recall_cost_curve(synthetic.text_index, synthetic.images, synthetic.rel, [0.5], [0.5], cfg)
 
 
 def test_removed_by_stage_orders_relevant_then_dense(synthetic):
@@ -309,8 +331,8 @@ def test_reweighting_view_ranks_match_argsort(synthetic):
         assert view.rank_after.tolist() == [final_order.index(j) for j in range(n)]
     assert (view.complementarity_ranks >= -1).all()
     json_round_trip(view)
-    cascade = search(synthetic.texts, synthetic.image_index, synthetic.cfg, "t2i", k=5, mode="cascade",
-                     trace=True).traces[0]
+    cascade = synthetic.image_index.search(synthetic.texts, k=5, mode="cascade", cascade=synthetic.cfg,
+                                           trace=True).traces[0]
     plain = reweighting_view(cascade)
     assert plain.consistency is None and (plain.rank_before == plain.rank_after).all()
 

@@ -32,11 +32,10 @@ def test_load_and_encode_both_modalities(tiny_run, tiny_shapes):
 
 def test_api_encoding_matches_the_data_set_path(tiny_run, tiny_shapes):
     from meet.data.loading import load_split
-    from meet.evaluate import encode_dataset
 
     model = meet.load(tiny_run, device="cpu")
     ds = load_split(tiny_shapes, "test", model.cfg.model)
-    images, texts = encode_dataset(model, ds)
+    images, texts = model.encode_dataset(ds)
     paths = [tiny_shapes / "images" / name for name in ds.image_ids[:4]]
     assert np.allclose(model.encode_images(paths).dense, images.dense[:4], atol=1e-5)
     assert np.array_equal(model.encode_texts(ds.captions[:7]).pq_codes, texts.pq_codes[:7])
@@ -147,14 +146,13 @@ def test_evaluate_cascade_modes_report_filter_drops(tiny_run, tiny_shapes, tmp_p
 
 def test_build_index_cli_round_trip(tiny_run, tiny_shapes, tmp_path, capsys):
     from meet.build_index import main
-    from meet.index import GalleryIndex, checkpoint_fingerprint
+    from meet.search import checkpoint_fingerprint, load_pair
 
     out = tmp_path / "index"
     assert main(["--checkpoint", str(tiny_run), "--data", str(tiny_shapes), "--split", "test",
                  "--out", str(out), "--reciprocal-k", "5", "--device", "cpu"]) == 0
     fingerprint = checkpoint_fingerprint(tiny_run)
-    images = GalleryIndex.load(out / "image", fingerprint=fingerprint)
-    texts = GalleryIndex.load(out / "text", fingerprint=fingerprint)
+    images, texts = load_pair(out, fingerprint=fingerprint)
     assert (images.n_items, texts.n_items) == (60, 300) and images.reciprocal.shape == (60, 5)
     assert images.ids[0].endswith(".png")
     assert main(["--checkpoint", str(tiny_run), "--data", str(tiny_shapes), "--out", str(out)]) == 2

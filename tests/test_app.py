@@ -4,6 +4,7 @@ truth, bad input, and every tab's handler on the default gallery."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -42,12 +43,37 @@ def test_cached_index_is_reused_and_a_corrupt_one_rebuilt(app_state, app_cache):
     again = load_state(AppSettings(cache_dir=str(app_cache)), report=lines.append)
     assert any("loaded the cached gallery index" in line for line in lines)
     assert np.array_equal(again.gallery.images.codes, app_state.gallery.images.codes)
-    dense = next((app_cache / "indexes").glob("*/images/dense.npy"))
+    dense = next((app_cache / "indexes").glob("*/image/dense.npy"))
     dense.write_bytes(dense.read_bytes()[:-64])  # truncate: the checksum must catch it
     lines.clear()
     rebuilt = load_state(AppSettings(cache_dir=str(app_cache)), report=lines.append)
     assert any("unusable" in line and "rebuilding" in line for line in lines)
     assert np.array_equal(rebuilt.gallery.images.codes, app_state.gallery.images.codes)
+
+
+def test_the_app_indexes_in_the_checkpoints_quantization_space(tiny_run, tiny_shapes, tmp_path):
+    """The app builds its index with the checkpoint's own Stage II settings, and the cache
+    tells them apart: the same weights with ``pq_space="residual"`` in config.json get a
+    residual-space index, not the cached hash-space one (the app once built a hash-space
+    index whatever the checkpoint said, keyed only by weights and data)."""
+    from meet.checkpoint import resolve_checkpoint
+
+    hashed = tmp_path / "hash-space"
+    shutil.copytree(resolve_checkpoint(tiny_run), hashed)
+    residual = tmp_path / "residual-space"
+    shutil.copytree(hashed, residual)
+    config = json.loads((residual / "config.json").read_text())
+    config["cascade"]["pq_space"] = "residual"
+    (residual / "config.json").write_text(json.dumps(config))
+    cache = tmp_path / "cache"
+    settings = dict(data=str(tiny_shapes), split="test", cache_dir=str(cache))
+    first = load_state(AppSettings(checkpoint=str(hashed), **settings), report=lambda line: None)
+    lines: list[str] = []
+    second = load_state(AppSettings(checkpoint=str(residual), **settings), report=lines.append)
+    assert first.gallery.images.pq_space == "hash" and second.gallery.images.pq_space == "residual"
+    assert not any("loaded the cached" in line for line in lines)
+    assert len(list((cache / "indexes").iterdir())) == 2
+    assert second.gallery.texts.quantizer.codebooks.shape[2] == second.model.cfg.model.embed_dim
 
 
 def test_text_search_finds_relevant_images(app_state):

@@ -81,7 +81,7 @@ def test_the_server_serves_only_gallery_files(app_server, app_cache, gallery):
     url, _ = app_server
     image = gallery["folder"] / "images" / "021000.png"
     assert _status(f"{url}gradio_api/file={image}") == 200
-    index_file = next(app_cache.glob("indexes/*/images/index.json"))
+    index_file = next(app_cache.glob("indexes/*/image/index.json"))
     for path in ("/etc/passwd", str(index_file), f"{gallery['folder']}/dataset.json",
                  f"{image.parent}/../../server.log", f"{image.parent}/..%2F..%2Fserver.log"):
         assert _status(f"{url}gradio_api/file={path}") in (403, 404), path

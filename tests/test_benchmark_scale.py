@@ -45,7 +45,8 @@ def test_recode_index_equals_a_fresh_build_and_refuses_foreign_vectors(tiny_run,
     from meet.build_index import main as build
     from meet.data.loading import load_split
     from meet.hash_refit import main as refit
-    from meet.index import GalleryIndex, build_pair, checkpoint_fingerprint
+    from meet.config import CascadeConfig
+    from meet.search import GalleryIndex, build_pair, checkpoint_fingerprint, load_pair
 
     spec = util.spec_from_file_location("recode_index", Path(__file__).parents[1] / "benchmarks" / "recode_index.py")
     recode = util.module_from_spec(spec)
@@ -57,14 +58,16 @@ def test_recode_index_equals_a_fresh_build_and_refuses_foreign_vectors(tiny_run,
     assert recode.main(["--index", str(tmp_path / "old"), "--checkpoint", str(tmp_path / "itq"),
                         "--data", str(tiny_shapes), "--out", str(tmp_path / "new"), "--pq-space", "dense"]) == 0
     model = meet.load(tmp_path / "itq", device="cpu")
-    fresh, _ = build_pair(model, load_split(tiny_shapes, "test", model.cfg.model), reciprocal_k=0, pq_space="dense")
-    recoded = GalleryIndex.load(tmp_path / "new" / "image", fingerprint=checkpoint_fingerprint(tmp_path / "itq"))
+    ds = load_split(tiny_shapes, "test", model.cfg.model)
+    fresh, _ = build_pair(model, *model.encode_dataset(ds), ds.image_ids, [str(c) for c in ds.caption_ids],
+                          cascade=CascadeConfig(reciprocal_k=0, pq_space="dense"))
+    recoded, _ = load_pair(tmp_path / "new", fingerprint=checkpoint_fingerprint(tmp_path / "itq"))
     assert recoded.pq_space == "dense"
     assert np.mean(recoded.codes == fresh.codes) > 0.99  # float16 storage may flip a near-zero bit
     # vectors that are not this checkpoint's: refused
     old = GalleryIndex.load(tmp_path / "old" / "image")
     noisy = np.asarray(old.dense, np.float32) + 0.05
-    GalleryIndex.from_arrays("image", old.ids, noisy, old.codes, old.pq_codes, old.codebooks,
-                             fingerprint=old.fingerprint).save(tmp_path / "old" / "image")
+    GalleryIndex("image", old.ids, noisy, old.codes, old.pq_codes, old.quantizer,
+                 fingerprint=old.fingerprint).save(tmp_path / "old" / "image")
     assert recode.main(["--index", str(tmp_path / "old"), "--checkpoint", str(tmp_path / "itq"),
                         "--data", str(tiny_shapes), "--out", str(tmp_path / "bad")]) == 2

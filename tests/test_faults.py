@@ -204,11 +204,11 @@ def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(tiny
 
 
 def test_a_truncated_or_foreign_index_manifest_is_detected(tmp_path):
-    """test_index.py covers changed, cut and missing array files and a foreign checkpoint
+    """test_search_index.py covers changed, cut and missing array files and a foreign checkpoint
     fingerprint; here the manifest itself is cut, swapped for another index's, or points
     its files outside the folder: never silently used."""
-    from test_index import make_index
-    from meet.index import GalleryIndex
+    from test_search_index import make_index
+    from meet.search import GalleryIndex
 
     ours = make_index(seed=1).save(tmp_path / "ours")
     theirs = make_index(seed=2, n=50).save(tmp_path / "theirs")

@@ -12,7 +12,6 @@ from meet.analysis import (aggregate_funnel, bit_balance, codebook_usage, hammin
                            query_funnel, quantization_errors, recall_cost_curve, reweighting_view,
                            umap_layout)
 from meet.errors import ConfigError, DataError
-from meet.retrieval import search
 from test_analysis import synthetic  # noqa: F401  (fixture: a small clustered index pair)
 
 
@@ -41,9 +40,9 @@ def test_stage1_figures_plot_the_analysis_numbers(synthetic):
     assert len(figures.codebook_entropy_bars(img_usage, None).data) == 2
 
     errors = {"image": quantization_errors(synthetic.images.hash, synthetic.images.pq_codes,
-                                           synthetic.image_index.codebooks),
+                                           synthetic.image_index.quantizer),
               "text": quantization_errors(synthetic.texts.hash, synthetic.texts.pq_codes,
-                                          synthetic.text_index.codebooks)}
+                                          synthetic.text_index.quantizer)}
     hist = figures.quantization_error_histogram(errors, n_bins=20)
     titled(hist)
     edges = np.histogram_bin_edges(np.concatenate(list(errors.values())), bins=20)
@@ -77,9 +76,8 @@ def test_filter_figures_plot_the_analysis_numbers(synthetic):
     assert f"relevant {funnel.stages[1]['relevant_kept']}" in fig.data[0].text[1]
     assert list(figures.funnel_figure(query_funnel(synthetic.traces[0])).data[0].text) == [""] * 4
 
-    aggs = {"t2i": aggregate_funnel(synthetic.texts, synthetic.image_index, synthetic.cfg, "t2i", synthetic.rel),
-            "i2t": aggregate_funnel(synthetic.images, synthetic.text_index, synthetic.cfg, "i2t",
-                                    synthetic.rel.T)}
+    aggs = {"t2i": aggregate_funnel(synthetic.image_index, synthetic.texts, synthetic.rel, synthetic.cfg),
+            "i2t": aggregate_funnel(synthetic.text_index, synthetic.images, synthetic.rel.T, synthetic.cfg)}
     agg_fig = figures.aggregate_funnel_figure(aggs)
     titled(agg_fig, "xaxis", "yaxis", "xaxis2", "yaxis2")
     kept_t2i, ceiling_t2i, kept_i2t, ceiling_i2t = agg_fig.data
@@ -88,8 +86,8 @@ def test_filter_figures_plot_the_analysis_numbers(synthetic):
     np.testing.assert_array_equal(ceiling_t2i.y, aggs["t2i"].recall_ceiling)
     np.testing.assert_array_equal(ceiling_i2t.y, aggs["i2t"].recall_ceiling)
 
-    curve = recall_cost_curve(synthetic.texts, synthetic.image_index, synthetic.cfg, "t2i", synthetic.rel,
-                              [0.3, 0.6], [0.25, 0.5, 1.0])
+    curve = recall_cost_curve(synthetic.image_index, synthetic.texts, synthetic.rel, [0.3, 0.6], [0.25, 0.5, 1.0],
+                              synthetic.cfg)
     rc = figures.recall_cost_figure(curve)
     titled(rc)
     lines, star = rc.data[:-1], rc.data[-1]
@@ -114,8 +112,8 @@ def test_reweighting_figures_plot_the_analysis_numbers(synthetic):
     shown = {(t.y[0], t.y[1]) for t in bump.data}
     expected = {(int(b), int(a)) for b, a in zip(view.rank_before, view.rank_after) if b < 5 or a < 5}
     assert shown == expected
-    cascade = search(synthetic.texts, synthetic.image_index, synthetic.cfg, "t2i", k=5, mode="cascade",
-                     trace=True).traces[0]
+    cascade = synthetic.image_index.search(synthetic.texts, k=5, mode="cascade", cascade=synthetic.cfg,
+                                           trace=True).traces[0]
     with pytest.raises(DataError, match="consistency"):
         figures.consistency_scatter(reweighting_view(cascade))
     with pytest.raises(ConfigError):

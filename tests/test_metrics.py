@@ -21,11 +21,11 @@ RECALL_KEYS = ["i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rs
 
 # ----------------------------------------------------------------------------- references
 def reference_i2t(sims: list[list[float]], caption_image: list[int]) -> list[int]:
-    """Sort each image's captions by score, own captions first among equals; the rank is
-    the position of the first own caption."""
+    """Sort each image's captions by score, lower index first among equals (the search
+    engine's tie rule); the rank is the position of the first own caption."""
     ranks = []
     for image, row in enumerate(sims):
-        order = sorted(range(len(row)), key=lambda c: (-row[c], caption_image[c] != image))
+        order = sorted(range(len(row)), key=lambda c: (-row[c], c))
         ranks.append(next(pos for pos, c in enumerate(order) if caption_image[c] == image))
     return ranks
 
@@ -34,7 +34,7 @@ def reference_t2i(sims: list[list[float]], caption_image: list[int]) -> list[int
     ranks = []
     for caption, own in enumerate(caption_image):
         column = [row[caption] for row in sims]
-        order = sorted(range(len(column)), key=lambda i: (-column[i], i != own))
+        order = sorted(range(len(column)), key=lambda i: (-column[i], i))
         ranks.append(order.index(own))
     return ranks
 
@@ -83,10 +83,11 @@ HAND_CAPTION_IMAGE = torch.tensor([0, 0, 1, 1, 2, 2])
 
 def test_hand_made_ranks():
     assert i2t_ranks(HAND_SIMS, HAND_CAPTION_IMAGE).tolist() == [0, 1, 4]
-    # caption 0: image 2 ties its own 0.9 (not counted) -> 0; caption 1: 0.6, 0.8 > 0.1 -> 2;
-    # caption 2: 0.8, 0.7 > 0.5 -> 2; caption 3: own 0.65 is top -> 0;
-    # caption 4: image 1 ties at 0.1, image 0 (0.3) higher -> 1; caption 5: own 0.5 top -> 0.
-    assert t2i_ranks(HAND_SIMS, HAND_CAPTION_IMAGE).tolist() == [0, 2, 2, 0, 1, 0]
+    # caption 0: image 2 ties its own 0.9 at a higher index (not counted) -> 0; caption 1:
+    # 0.6, 0.8 > 0.1 -> 2; caption 2: 0.8, 0.7 > 0.5 -> 2; caption 3: own 0.65 is top -> 0;
+    # caption 4: image 0 (0.3) higher, image 1 ties at 0.1 at a lower index -> 2;
+    # caption 5: own 0.5 top -> 0.
+    assert t2i_ranks(HAND_SIMS, HAND_CAPTION_IMAGE).tolist() == [0, 2, 2, 0, 2, 0]
 
 
 def test_hand_made_recall():
@@ -97,28 +98,32 @@ def test_hand_made_recall():
                 "rsum": 100 / 3 + 450.0,
                 "i2t_medr": 2.0,         # median of [0, 1, 4] is 1 -> 1-based 2
                 "i2t_meanr": 5 / 3 + 1,
-                "t2i_medr": 1.0,         # median of [0, 0, 0, 1, 2, 2] is 0.5 -> floor + 1
-                "t2i_meanr": 5 / 6 + 1}
+                "t2i_medr": 2.0,         # median of [0, 0, 0, 2, 2, 2] is 1 -> floor + 1
+                "t2i_meanr": 6 / 6 + 1}
     for key, value in expected.items():
         assert result[key] == pytest.approx(value), key
 
 
-def test_ties_are_optimistic():
+def test_ties_go_to_the_lower_index_as_in_search():
+    """Ties are ranked as meet.search ranks them (lower index first), not in the query's
+    favour: the engine's order and the metric's rank are one thing."""
     sims = torch.zeros(3, 6)
-    assert i2t_ranks(sims, HAND_CAPTION_IMAGE).tolist() == [0, 0, 0]
-    assert t2i_ranks(sims, HAND_CAPTION_IMAGE).tolist() == [0] * 6
-    # one strictly higher competitor moves the rank, an equal one does not
-    sims[0, 2] = 1.0
-    sims[0, 3] = 0.0
-    assert i2t_ranks(sims, HAND_CAPTION_IMAGE).tolist() == [1, 0, 0]
-    assert t2i_ranks(sims, HAND_CAPTION_IMAGE).tolist() == [0, 0, 1, 0, 0, 0]
+    # all equal: image i's first own caption is caption 2i, after 2i lower-index captions
+    assert i2t_ranks(sims, HAND_CAPTION_IMAGE).tolist() == [0, 2, 4]
+    # caption c's own image is c // 2, after c // 2 lower-index images
+    assert t2i_ranks(sims, HAND_CAPTION_IMAGE).tolist() == [0, 0, 1, 1, 2, 2]
+    # a strictly higher competitor counts wherever it is: caption 5 now beats image 0's own
+    # captions; for caption 5 image 0 turns from a lower-index tie into a higher score
+    sims[0, 5] = 1.0
+    assert i2t_ranks(sims, HAND_CAPTION_IMAGE).tolist() == [1, 2, 4]
+    assert t2i_ranks(sims, HAND_CAPTION_IMAGE).tolist() == [0, 0, 1, 1, 2, 2]
 
 
 def test_best_own_caption_counts_for_i2t():
     # image 0's second caption is its best; a different caption in between does not matter
     sims = torch.tensor([[0.1, 0.5, 0.9], [0.0, 0.0, 0.0]])
     caption_image = torch.tensor([0, 1, 0])
-    assert i2t_ranks(sims, caption_image).tolist() == [0, 0]
+    assert i2t_ranks(sims, caption_image).tolist() == [0, 1]  # image 1: caption 0 ties first
 
 
 # ----------------------------------------------------------------------------- vs reference

@@ -69,9 +69,8 @@ def test_redundancy_notebook_states_the_measured_numbers(app_cache, app_state, m
 
     # Stage II: the aggregate funnel of caption queries (the app's Redundancy tab numbers)
     texts = gallery.texts
-    queries = Encoded(np.asarray(texts.dense), gallery.text_hash, np.asarray(texts.codes),
-                      np.asarray(texts.pq_codes))
-    agg = analysis.aggregate_funnel(queries, gallery.images, app_state.cascade, "t2i", relevance)
+    queries = Encoded(np.asarray(texts.dense), texts.hash, np.asarray(texts.codes), np.asarray(texts.pq_codes))
+    agg = analysis.aggregate_funnel(gallery.images, queries, relevance, app_state.cascade)
     assert summary["funnel"]["t2i"]["lost_hamming"] == pytest.approx(agg.lost_share[1], abs=2e-3)
     assert summary["funnel"]["t2i"]["recall_ceiling"] == pytest.approx(agg.recall_ceiling[2], abs=2e-3)
     assert f"**{summary['funnel']['t2i']['lost_hamming']:.1%}** of all relevant pairs" in markdown

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from meet.errors import ConfigError
-from meet.quantization import ProductQuantizer, adc_scores, binarize, pack_codes, unpack_codes
+from meet.quantization import ProductQuantizer, binarize, code_dtype, pack_codes, unpack_codes
 
 
 def _quantizer_with_known_centroids(seed: int = 0) -> ProductQuantizer:
@@ -40,7 +40,16 @@ def test_adc_scores_match_inner_product_with_reconstruction():
     queries = torch.randn(5, 8, generator=torch.Generator().manual_seed(3))
     codes = torch.randint(0, 16, (30, 4), generator=torch.Generator().manual_seed(4))
     direct = queries @ pq.decode(codes).T
-    assert torch.allclose(adc_scores(pq.lookup_tables(queries), codes), direct, atol=1e-5)
+    tables = pq.lookup_tables(queries)  # (5, M, K): sum the table entries of each item's codes
+    adc = sum(tables[:, m, codes[:, m]] for m in range(4))
+    assert torch.allclose(adc, direct, atol=1e-5)
+
+
+def test_code_dtype_holds_every_codeword():
+    """uint8 up to 256 codewords, uint16 up to the config's maximum of 65,536 (an int16
+    would overflow from 32,768)."""
+    assert code_dtype(256) == np.uint8 and code_dtype(257) == np.uint16 and code_dtype(65536) == np.uint16
+    assert np.iinfo(code_dtype(65536)).max == 65535
 
 
 def test_fit_uses_faiss_kmeans_and_reduces_error():

@@ -1,4 +1,5 @@
-"""The Stage II cascade against slow, obvious references (plain numpy / Python loops).
+"""The Stage II engine (:mod:`meet.search`) against slow, obvious references (plain numpy /
+Python loops).
 
 Small seeded random galleries (300 items, dense dim 32, 16 bits, 4 codebooks of 16
 codewords): 16-bit codes tie a lot, so the (score, position) tie rule is exercised hard.
@@ -13,13 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from meet import filters, retrieval, reweighting
 from meet.config import CascadeConfig
 from meet.errors import ConfigError, DataError
-from meet.filters import hamming_filter, stable_top, stream_topk, survivor_count
-from meet.index import GalleryIndex
 from meet.quantization import pack_codes
-from meet.retrieval import full_scores, search, stage_survivors
+from meet.search import GalleryIndex, HashPQ, full_scores, stage_survivors
+from meet.search import cascade as engine
+from meet.search import hamming, pq_filter, rerank
+from meet.search.hamming import hamming_filter
+from meet.search.topk import stable_top, stream_topk, survivor_count
 
 N_ITEMS, DIM, N_BITS, N_CODEBOOKS, CODEBOOK_SIZE, RECIPROCAL_K = 300, 32, 16, 4, 16, 20
 
@@ -35,11 +37,10 @@ def make_gallery(seed=0, n=N_ITEMS, reciprocal=True, side="image"):
     rec = None
     if reciprocal:
         rec = -np.sort(-rng.uniform(-0.2, 0.8, (n, RECIPROCAL_K)), axis=1)
-    return GalleryIndex.from_arrays(
-        side, [f"item{i}" for i in range(n)], unit(rng, n, DIM), pack_codes(hashed),
-        rng.integers(0, CODEBOOK_SIZE, (n, N_CODEBOOKS)).astype(np.uint8),
-        rng.standard_normal((N_CODEBOOKS, CODEBOOK_SIZE, N_BITS // N_CODEBOOKS)).astype(np.float32),
-        rec, fingerprint="synthetic")
+    books = rng.standard_normal((N_CODEBOOKS, CODEBOOK_SIZE, N_BITS // N_CODEBOOKS)).astype(np.float32)
+    return GalleryIndex(side, [f"item{i}" for i in range(n)], unit(rng, n, DIM), pack_codes(hashed),
+                        rng.integers(0, CODEBOOK_SIZE, (n, N_CODEBOOKS)).astype(np.uint8), HashPQ(books),
+                        hash=hashed, reciprocal=rec, fingerprint="synthetic")
 
 
 def make_queries(seed=1, n=9):
@@ -83,8 +84,10 @@ def ref_dense(query_dense, gallery):
     return query_dense.astype(np.float64) @ gallery.dense.astype(np.float64).T
 
 
-def ref_cascade(queries, gallery, cfg, direction, mode):
-    """Per query, in loops: (hamming list, pq list, candidates' terms, final order)."""
+def ref_cascade(queries, gallery, cfg, direction, mode, adc=None):
+    """Per query, in loops: (hamming list, pq list, candidates' terms, final order).
+    ``adc``: the quantization filter's scores (n_queries, n_items); default: hash-space
+    product quantization (:func:`ref_adc`)."""
     rate_h, rate_q, top_z = (getattr(cfg, f"{p}_{direction}") for p in ("hamming_rate", "pq_rate", "top_z"))
     n = gallery.n_items
     n_h = ref_count(rate_h, n)
@@ -93,7 +96,7 @@ def ref_cascade(queries, gallery, cfg, direction, mode):
         dist = -ref_asymmetric(queries.hash, gallery.codes)
     else:
         dist = ref_hamming(queries.codes, gallery.codes)
-    adc = ref_adc(queries.hash, gallery)
+    adc = ref_adc(queries.hash, gallery) if adc is None else adc
     dense = ref_dense(queries.dense, gallery)
     out = []
     for i in range(len(queries.dense)):
@@ -164,19 +167,19 @@ def test_survivor_count_fraction_and_count():
 def test_faiss_hamming_distances_equal_numpy_popcount():
     gallery, queries = make_gallery(), make_queries()
     reference = ref_hamming(queries.codes, gallery.codes)
-    assert np.array_equal(filters.hamming_distances(queries.codes, gallery.codes), reference)
+    assert np.array_equal(hamming.hamming_distances(queries.codes, gallery.codes), reference)
     dist, labels = gallery.binary_index.search(queries.codes, N_ITEMS)
     assert np.array_equal(dist, np.take_along_axis(reference, labels, axis=1))
     # 64-bit codes take the uint64 word path.
     rng = np.random.default_rng(3)
     wide_q, wide_g = rng.integers(0, 256, (4, 8), dtype=np.uint8), rng.integers(0, 256, (50, 8), dtype=np.uint8)
-    assert np.array_equal(filters.hamming_distances(wide_q, wide_g), ref_hamming(wide_q, wide_g))
+    assert np.array_equal(hamming.hamming_distances(wide_q, wide_g), ref_hamming(wide_q, wide_g))
 
 
 def test_hamming_distances_without_numpy_bitwise_count(monkeypatch):
     gallery, queries = make_gallery(), make_queries()
     monkeypatch.delattr(np, "bitwise_count")  # numpy < 2.0 has none: the byte table is used
-    assert np.array_equal(filters.hamming_distances(queries.codes, gallery.codes),
+    assert np.array_equal(hamming.hamming_distances(queries.codes, gallery.codes),
                           ref_hamming(queries.codes, gallery.codes))
 
 
@@ -197,7 +200,7 @@ def test_asymmetric_filter_equals_exact_ranking(n_keep):
     gallery, queries = make_gallery(), make_queries()
     reference = ref_asymmetric(queries.hash, gallery.codes)
     for scan_index in (gallery.sign_scan_index, None):  # fast scan + re-score, and exact
-        pos, scores = filters.asymmetric_filter(queries.hash, gallery.codes, n_keep, scan_index)
+        pos, scores = hamming.asymmetric_filter(queries.hash, gallery.codes, n_keep, scan_index)
         for i in range(len(pos)):
             assert pos[i].tolist() == ordered((-reference[i]).tolist(), list(range(N_ITEMS)))[:n_keep]
             assert np.allclose(scores[i], reference[i, pos[i]], atol=1e-5)
@@ -210,7 +213,7 @@ def test_asymmetric_fast_scan_keeps_the_exact_top_on_a_larger_gallery():
     query_hash = np.tanh(rng.standard_normal((16, 64))).astype(np.float32)
     reference = ref_asymmetric(query_hash, codes)
     n_keep = 500
-    pos, scores = filters.asymmetric_filter(query_hash, codes, n_keep, filters.build_sign_scan_index(codes))
+    pos, scores = hamming.asymmetric_filter(query_hash, codes, n_keep, hamming.build_sign_scan_index(codes))
     for i in range(len(pos)):
         threshold = np.sort(reference[i])[::-1][n_keep - 1]
         assert (reference[i, pos[i]] >= threshold - 1e-5).all()  # the exact top n_keep, up to ties
@@ -222,10 +225,10 @@ def test_sign_scan_index_follows_added_items():
     gallery, queries = make_gallery(n=200, reciprocal=False), make_queries()
     extra = make_gallery(seed=3, n=100, reciprocal=False)
     assert gallery.sign_scan_index.ntotal == 200
-    gallery.add([f"new{i}" for i in range(100)], extra.dense, extra.codes, extra.pq_codes)
+    gallery.add([f"new{i}" for i in range(100)], extra)  # an index holding hash features reads as items
     assert gallery.sign_scan_index.ntotal == 300
-    pos, _ = filters.asymmetric_filter(queries.hash, gallery.codes, 30, gallery.sign_scan_index)
-    exact, _ = filters.asymmetric_filter(queries.hash, gallery.codes, 30, None)
+    pos, _ = hamming.asymmetric_filter(queries.hash, gallery.codes, 30, gallery.sign_scan_index)
+    exact, _ = hamming.asymmetric_filter(queries.hash, gallery.codes, 30, None)
     assert np.array_equal(pos, exact)
 
 
@@ -233,8 +236,8 @@ def test_sign_codebooks_make_packed_bytes_pq_codes():
     rng = np.random.default_rng(12)
     codes = pack_codes(rng.standard_normal((50, 32)).astype(np.float32))
     query_hash = rng.standard_normal((3, 32)).astype(np.float32)
-    tables = filters.adc_tables(query_hash, filters.sign_codebooks(32))
-    adc = filters.adc_gather(tables, filters.gather_codes(codes, np.tile(np.arange(50), (3, 1))))
+    tables = hamming.sign_tables(query_hash, 32)
+    adc = pq_filter.adc_gather(tables, pq_filter.gather_codes(codes, np.tile(np.arange(50), (3, 1))))
     assert np.allclose(adc.numpy(), ref_asymmetric(query_hash, codes), atol=1e-5)
 
 
@@ -274,7 +277,7 @@ def test_row_reader_equals_fancy_indexing_writable_or_not():
         expected = torch.from_numpy(stored[positions].astype(np.float32))
         for writable in (True, False):
             stored.setflags(write=writable)  # a loaded index is a read-only memory map
-            read = reweighting.RowReader(stored, 21)
+            read = rerank.RowReader(stored, 21)
             assert torch.equal(read(positions), expected)
             assert torch.equal(read(positions[:1, :3]), expected[:1, :3])  # buffer reused
         stored.setflags(write=True)
@@ -293,8 +296,8 @@ def test_pq_filter_scores_and_order_match_reconstruction():
     gallery, queries = make_gallery(), make_queries()
     adc = ref_adc(queries.hash, gallery)
     pos, _ = hamming_filter(queries.codes, gallery.codes, 180, gallery.binary_index)
-    tables = filters.adc_tables(queries.hash, gallery.codebooks)
-    kept, kept_scores, all_scores = filters.pq_filter(tables, gallery.pq_codes, pos, 60)
+    tables = gallery.quantizer.lookup_tables(queries.hash)
+    kept, kept_scores, all_scores = pq_filter.pq_filter(tables, gallery.pq_codes, pos, 60)
     assert np.allclose(all_scores, np.take_along_axis(adc, pos, axis=1), atol=1e-5)
     for i in range(len(pos)):
         ham = pos[i].tolist()
@@ -306,12 +309,12 @@ def test_pq_filter_scores_and_order_match_reconstruction():
 def test_gather_codes_matches_fancy_indexing_for_every_layout():
     rng = np.random.default_rng(8)
     positions = rng.integers(0, 40, (3, 11))
-    wide = rng.integers(0, 300, (40, 5)).astype(np.int16)  # codebook_size > 256
+    wide = rng.integers(0, 40000, (40, 5)).astype(np.uint16)  # codebook_size > 256 (up to 65,536)
     for codes in (wide.astype(np.uint8), wide, np.asfortranarray(wide.astype(np.uint8))):
-        assert np.array_equal(filters.gather_codes(codes, positions).numpy(), codes[positions])
+        assert np.array_equal(pq_filter.gather_codes(codes, positions).numpy(), codes[positions])
     for n_codebooks in (1, 2, 3, 4, 8):  # one-integer rows, and a record for M = 3
         codes = rng.integers(0, 256, (40, n_codebooks)).astype(np.uint8)
-        assert np.array_equal(filters.gather_codes(codes, positions).numpy(), codes[positions])
+        assert np.array_equal(pq_filter.gather_codes(codes, positions).numpy(), codes[positions])
 
 
 # ------------------------------------------------------------------ whole searches
@@ -322,13 +325,13 @@ def test_exhaustive_modes_equal_full_rankings(mode):
     full = {"dense": ref_dense(queries.dense, gallery),
             "hash": N_BITS - 2.0 * ref_hamming(queries.codes, gallery.codes),
             "pq": ref_adc(queries.hash, gallery)}[mode]
-    result = search(queries, gallery, CascadeConfig(), "t2i", k=25, mode=mode)
+    result = gallery.search(queries, cascade=CascadeConfig(), k=25, mode=mode)
     for i in range(len(queries.dense)):
         expected = ordered((-full[i]).tolist(), list(range(N_ITEMS)))[:25]
         assert result.ids[i].tolist() == expected
         assert np.allclose(result.scores[i], full[i, expected], atol=1e-5)
-    assert np.allclose(full_scores(queries, gallery, CascadeConfig(), "t2i", mode), full, atol=1e-5)
-    padded = search(queries, gallery, CascadeConfig(), "t2i", k=N_ITEMS + 5, mode=mode)
+    assert np.allclose(full_scores(gallery, queries, mode), full, atol=1e-5)
+    padded = gallery.search(queries, cascade=CascadeConfig(), k=N_ITEMS + 5, mode=mode)
     assert (padded.ids[:, N_ITEMS:] == -1).all() and np.isneginf(padded.scores[:, N_ITEMS:]).all()
 
 
@@ -352,7 +355,7 @@ def test_cascade_and_meet_match_loop_reference(name, mode):
     direction = "i2t" if "i2t" in name or name == "official-counts" else "t2i"
     gallery = make_gallery(side=DIRS_SIDE[direction])
     queries = make_queries()
-    result = search(queries, gallery, cfg, direction, k=10, mode=mode, trace=True)
+    result = gallery.search(queries, k=10, mode=mode, cascade=cfg, trace=True)
     reference = ref_cascade(queries, gallery, cfg, direction, mode)
     for i, (ham, pq, terms, order) in enumerate(reference):
         tr = result.traces[i]
@@ -374,7 +377,7 @@ def test_cascade_and_meet_match_loop_reference(name, mode):
 def test_official_resort_scores_follow_the_order_and_k_beyond_survivors_pads():
     gallery, queries = make_gallery(), make_queries()
     cfg = CascadeConfig(fusion=False, hamming_rate_t2i=60, pq_rate_t2i=20, top_z_t2i=12)
-    result = search(queries, gallery, cfg, "t2i", k=30, mode="meet", trace=True)
+    result = gallery.search(queries, cascade=cfg, k=30, mode="meet", trace=True)
     assert (result.ids[:, 20:] == -1).all() and np.isneginf(result.scores[:, 20:]).all()
     assert (np.diff(result.scores[:, :20], axis=1) <= 0).all()
     for i, tr in enumerate(result.traces):
@@ -387,19 +390,19 @@ def test_meet_without_reciprocal_turns_complementarity_off():
     gallery, queries = make_gallery(reciprocal=False), make_queries()
     for fusion in (True, False):
         cfg = CascadeConfig(fusion=fusion)
-        result = search(queries, gallery, cfg, "t2i", k=10, mode="meet", trace=True)
+        result = gallery.search(queries, cascade=cfg, k=10, mode="meet", trace=True)
         reference = ref_cascade(queries, gallery, cfg, "t2i", "meet")
         assert [r[3][:10] for r in reference] == result.ids.tolist()
         assert all((tr.complementarity_ranks == -1).all() for tr in result.traces)
         assert "complementarity off" in result.traces[0].notes[0]
-    cascade = search(queries, gallery, CascadeConfig(fusion=False), "t2i", k=10, mode="cascade")
-    official = search(queries, gallery, CascadeConfig(fusion=False), "t2i", k=10, mode="meet")
+    cascade = gallery.search(queries, cascade=CascadeConfig(fusion=False), k=10, mode="cascade")
+    official = gallery.search(queries, cascade=CascadeConfig(fusion=False), k=10, mode="meet")
     assert np.array_equal(cascade.ids, official.ids)
 
 
 def test_traces_are_consistent_with_results_and_serialise():
     gallery, queries = make_gallery(), make_queries()
-    result = search(queries, gallery, CascadeConfig(), "t2i", k=10, mode="meet", trace=True)
+    result = gallery.search(queries, cascade=CascadeConfig(), k=10, mode="meet", trace=True)
     for i, tr in enumerate(result.traces):
         ham, pq, final = tr.stage("hamming"), tr.stage("pq"), tr.stage("rerank")
         assert set(pq.ids) <= set(ham.ids) and np.array_equal(ham.ids[pq.previous_ranks], pq.ids)
@@ -410,7 +413,7 @@ def test_traces_are_consistent_with_results_and_serialise():
         assert np.array_equal(final.ranks, np.arange(len(final.ids)))
     payload = json.loads(json.dumps(result.traces[0].to_dict()))
     assert payload["stages"][0]["name"] == "hamming" and len(payload["final_order"]) == len(result.traces[0].candidates)
-    dense_trace = search(queries, gallery, CascadeConfig(), "t2i", k=5, mode="dense", trace=True).traces[0]
+    dense_trace = gallery.search(queries, cascade=CascadeConfig(), k=5, mode="dense", trace=True).traces[0]
     assert dense_trace.stages[0].name == "dense" and len(dense_trace.final_order) == 5
 
 
@@ -418,9 +421,9 @@ def test_traces_are_consistent_with_results_and_serialise():
 def test_full_scores_and_stage_survivors_agree_with_search(mode):
     gallery, queries = make_gallery(), make_queries()
     cfg = CascadeConfig()
-    scores = full_scores(queries, gallery, cfg, "t2i", mode)
-    result = search(queries, gallery, cfg, "t2i", k=N_ITEMS, mode=mode)
-    masks = stage_survivors(queries, gallery, cfg, "t2i")
+    scores = full_scores(gallery, queries, mode, cfg)
+    result = gallery.search(queries, cascade=cfg, k=N_ITEMS, mode=mode)
+    masks = stage_survivors(gallery, queries, cfg)
     reference = ref_cascade(queries, gallery, cfg, "t2i", mode)
     for i, (ham, pq, _, order) in enumerate(reference):
         finite = np.flatnonzero(np.isfinite(scores[i]))
@@ -434,23 +437,23 @@ def test_full_scores_and_stage_survivors_agree_with_search(mode):
 def test_small_work_budget_changes_nothing(monkeypatch):
     gallery, queries = make_gallery(), make_queries()
     cfg = CascadeConfig()
-    before = {m: search(queries, gallery, cfg, "t2i", k=15, mode=m) for m in ("dense", "pq", "meet")}
-    for module in (filters, retrieval):
+    before = {m: gallery.search(queries, cascade=cfg, k=15, mode=m) for m in ("dense", "pq", "meet")}
+    for module in (hamming, engine):
         monkeypatch.setattr(module, "WORK_BUDGET", 256)
-    for module in (filters, retrieval, reweighting):
+    for module in (engine, rerank):
         monkeypatch.setattr(module, "CACHE_CHUNK", 100)
     for mode, expected in before.items():
-        after = search(queries, gallery, cfg, "t2i", k=15, mode=mode, batch_size=2)
+        after = gallery.search(queries, cascade=cfg, k=15, mode=mode, batch_size=2)
         assert np.array_equal(after.ids, expected.ids)
         assert np.allclose(after.scores, expected.scores, atol=1e-6)
 
 
 def test_worker_threads_change_nothing(monkeypatch):
-    monkeypatch.setattr(retrieval, "CACHE_CHUNK", 200)  # one query per sub-block: 9 tasks
+    monkeypatch.setattr(engine, "CACHE_CHUNK", 200)  # one query per sub-block: 9 tasks
     gallery, queries = make_gallery(), make_queries()
     for mode in ("cascade", "meet"):
-        one = search(queries, gallery, CascadeConfig(), "t2i", k=10, mode=mode, trace=True, workers=1)
-        three = search(queries, gallery, CascadeConfig(), "t2i", k=10, mode=mode, trace=True, workers=3)
+        one = gallery.search(queries, cascade=CascadeConfig(), k=10, mode=mode, trace=True, workers=1)
+        three = gallery.search(queries, cascade=CascadeConfig(), k=10, mode=mode, trace=True, workers=3)
         assert np.array_equal(one.ids, three.ids) and np.array_equal(one.scores, three.scores)
         assert [tr.query for tr in three.traces] == list(range(len(queries.dense)))
         for a, b in zip(one.traces, three.traces):
@@ -459,41 +462,57 @@ def test_worker_threads_change_nothing(monkeypatch):
         assert set(three.timings) == {"hamming", "pq", "rerank", "exhaustive"}
         assert all(v >= 0 for v in three.timings.values())
     with pytest.raises(ConfigError, match="workers"):
-        search(queries, gallery, CascadeConfig(), "t2i", mode="cascade", workers=0)
+        gallery.search(queries, cascade=CascadeConfig(), mode="cascade", workers=0)
 
 
 def test_bad_calls_raise_clear_errors():
     gallery, queries = make_gallery(), make_queries()
-    cfg = CascadeConfig()
-    with pytest.raises(ConfigError, match="direction"):
-        search(queries, gallery, cfg, "x2y")
     with pytest.raises(ConfigError, match="mode"):
-        search(queries, gallery, cfg, "t2i", mode="fast")
+        gallery.search(queries, mode="fast")
     with pytest.raises(ConfigError, match="k="):
-        search(queries, gallery, cfg, "t2i", k=0)
-    with pytest.raises(DataError, match="image gallery"):
-        search(queries, make_gallery(side="text"), cfg, "t2i")
+        gallery.search(queries, k=0)
     with pytest.raises(DataError, match="dense dim"):
-        search(SimpleNamespace(dense=queries.dense[:, :8], hash=queries.hash, codes=queries.codes), gallery, cfg, "t2i")
+        gallery.search(SimpleNamespace(dense=queries.dense[:, :8], hash=queries.hash, codes=queries.codes))
     with pytest.raises(DataError, match="Encoded"):
-        search(queries.dense, gallery, cfg, "t2i")
+        gallery.search(queries.dense)
     with pytest.raises(DataError, match="2-D"):
-        search(SimpleNamespace(dense=queries.dense[0], hash=queries.hash[0], codes=queries.codes[0]),
-               gallery, cfg, "t2i")
+        gallery.search(SimpleNamespace(dense=queries.dense[0], hash=queries.hash[0], codes=queries.codes[0]))
     with pytest.raises(ConfigError, match="consistency_temperature"):
-        search(queries, gallery, CascadeConfig(consistency_temperature=0.0), "t2i")
+        gallery.search(queries, cascade=CascadeConfig(consistency_temperature=0.0))
     with pytest.raises(ConfigError, match="hamming_rate_t2i"):
-        search(queries, gallery, CascadeConfig(hamming_rate_t2i=0.0), "t2i")
+        gallery.search(queries, cascade=CascadeConfig(hamming_rate_t2i=0.0))
     with pytest.raises(ConfigError, match="hamming_scores"):
-        search(queries, gallery, CascadeConfig(hamming_scores="cosine"), "t2i", mode="cascade")
+        gallery.search(queries, mode="cascade", cascade=CascadeConfig(hamming_scores="cosine"))
+    with pytest.raises(ConfigError, match="direction"):
+        engine.rates(CascadeConfig(), "x2y")
+
+
+def test_direction_and_defaults_come_from_the_index():
+    """An image index is searched by captions (t2i rates), a caption index by images (i2t),
+    with the index's own cascade unless the call passes one; build-time fields always stay
+    the index's."""
+    cfg = CascadeConfig(hamming_rate_t2i=40, pq_rate_t2i=10, hamming_rate_i2t=80, pq_rate_i2t=30)
+    queries = make_queries()
+    images = make_gallery(side="image")
+    images.cascade = cfg
+    texts = make_gallery(side="text")
+    texts.cascade = cfg
+    assert images.direction == "t2i" and texts.direction == "i2t"
+    assert images.search(queries, mode="cascade").stage_counts["after_pq"] == 10
+    assert texts.search(queries, mode="cascade").stage_counts["after_pq"] == 30
+    override = images.search(queries, mode="cascade", cascade=CascadeConfig(hamming_rate_t2i=50, pq_rate_t2i=5,
+                                                                            pq_space="residual"))
+    assert override.stage_counts["after_pq"] == 5
+    assert images.settings(CascadeConfig(pq_space="residual", reciprocal_k=3)).pq_space == "hash"
+    assert images.settings(CascadeConfig(pq_space="residual", reciprocal_k=3)).reciprocal_k == RECIPROCAL_K
 
 
 def test_empty_gallery_and_single_query():
     rng = np.random.default_rng(0)
-    empty = GalleryIndex.from_arrays("image", [], np.zeros((0, DIM), np.float32), np.zeros((0, 2), np.uint8),
-                                     np.zeros((0, N_CODEBOOKS), np.uint8),
-                                     rng.standard_normal((N_CODEBOOKS, CODEBOOK_SIZE, 4)).astype(np.float32))
+    empty = GalleryIndex("image", [], np.zeros((0, DIM), np.float32), np.zeros((0, 2), np.uint8),
+                         np.zeros((0, N_CODEBOOKS), np.uint8),
+                         HashPQ(rng.standard_normal((N_CODEBOOKS, CODEBOOK_SIZE, 4)).astype(np.float32)))
     queries = make_queries(n=1)
     for mode in ("dense", "hash", "pq", "cascade", "meet"):
-        result = search(queries, empty, CascadeConfig(), "t2i", k=3, mode=mode)
+        result = empty.search(queries, k=3, mode=mode)
         assert result.ids.tolist() == [[-1, -1, -1]]

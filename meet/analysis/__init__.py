@@ -1,7 +1,7 @@
 """Redundancy statistics shared by the app and the notebooks (one number, one function).
 
 Inputs are numpy arrays or meet objects (:class:`~meet.inference.Encoded`,
-:class:`~meet.index.GalleryIndex`, :class:`~meet.traces.QueryTrace`); outputs are small
+:class:`~meet.search.GalleryIndex`, :class:`~meet.search.QueryTrace`); outputs are small
 dataclasses of numpy arrays and floats with ``to_dict()`` for JSON. Plots of these live
 in :mod:`meet.figures`.
 

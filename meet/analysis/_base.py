@@ -1,7 +1,7 @@
 """Shared plumbing of :mod:`meet.analysis`: JSON conversion, input checks, row blocks.
 
 Every statistic works on query blocks whose temporaries stay within
-:data:`meet.filters.WORK_BUDGET` elements, so memory is bounded whatever the gallery
+:data:`meet.search.topk.WORK_BUDGET` elements, so memory is bounded whatever the gallery
 size; the block size changes how work is split, never a result.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from meet.errors import DataError
-from meet.filters import WORK_BUDGET
+from meet.search.topk import WORK_BUDGET
 
 
 class Record:
@@ -48,7 +48,7 @@ def plain(obj: Any) -> Any:
 
 def rows_per_block(n_cols: int, arrays: int = 1) -> int:
     """Rows of an (rows, n_cols) computation that keep ``arrays`` temporaries of that
-    shape within :data:`~meet.filters.WORK_BUDGET` elements (at least one row)."""
+    shape within :data:`~meet.search.topk.WORK_BUDGET` elements (at least one row)."""
     return max(1, WORK_BUDGET // max(1, n_cols * arrays))
 
 
@@ -76,7 +76,7 @@ def relevance(values: Any, shape: tuple[int, ...], name: str = "relevant") -> np
 
 def query_arrays(queries: Any) -> tuple[int, Any]:
     """(n_queries, take) for an Encoded-like object; ``take(start, stop)`` returns the rows
-    as an object with ``dense``, ``hash`` and ``codes`` (what :mod:`meet.retrieval` reads)."""
+    as an object with ``dense``, ``hash`` and ``codes`` (what :mod:`meet.search` reads)."""
     try:
         dense, hashed, codes = queries.dense, queries.hash, queries.codes
     except AttributeError as exc:

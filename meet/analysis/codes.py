@@ -21,7 +21,7 @@ import numpy as np
 
 from meet.analysis._base import Record, as_array, relevance, rows_per_block
 from meet.errors import DataError
-from meet.filters import hamming_distances
+from meet.search.hamming import hamming_distances
 from meet.quantization import unpack_codes
 
 
@@ -95,7 +95,7 @@ class PairHistogram(Record):
 
 def codebook_usage(pq_codes: Any, codebook_size: int) -> CodebookUsage:
     """Usage of each codeword of each codebook. ``pq_codes`` (n, M) integer codes in
-    ``[0, codebook_size)`` (uint8, or int16 for codebooks above 256)."""
+    ``[0, codebook_size)`` (uint8, or uint16 for codebooks above 256)."""
     codes = as_array(pq_codes, "pq_codes", 2)
     size = int(codebook_size)
     n_items, n_codebooks = codes.shape
@@ -131,39 +131,28 @@ def _entropy_bits(share: np.ndarray) -> np.ndarray:
     return -(share * logs).sum(axis=-1)
 
 
-def quantization_errors(features: Any, pq_codes: Any, codebooks: Any) -> np.ndarray:
+def quantization_errors(features: Any, pq_codes: Any, quantizer: Any) -> np.ndarray:
     """Squared reconstruction error ``||x - decode(code)||^2`` per item, float64 (n,).
 
-    ``features`` (n, d) the continuous vectors the codes were assigned from;
-    ``pq_codes`` (n, M); ``codebooks`` (M, K, d / M) of the same side, or additive ones
-    (M, K, d) of a residual-quantized index, whose decode is the sum of the M codewords.
-    The decode is one gather ``codebooks[m, code[i, m]]`` over a block of items, no loop
-    over items.
+    ``features`` (n, d): the vectors the codes were assigned from, i.e. what the quantizer
+    reads (``quantizer.source(items)``: the hash features, or the dense vectors of a
+    dense- or residual-space index); ``pq_codes`` (n, M); ``quantizer`` a
+    :class:`~meet.search.quantizers.Quantizer` (``GalleryIndex.quantizer``), whose own
+    ``decode`` reconstructs, in blocks of items.
     """
     x = as_array(features, "features", 2, np.float32)
     codes = as_array(pq_codes, "pq_codes", 2)
-    books = as_array(codebooks, "codebooks", 3, np.float32)
-    n_codebooks, size, sub_dim = books.shape
-    additive = n_codebooks > 1 and sub_dim == x.shape[1]
-    if codes.shape != (x.shape[0], n_codebooks) or (x.shape[1] != n_codebooks * sub_dim and not additive):
-        raise DataError(f"features {x.shape}, pq_codes {codes.shape} and codebooks {books.shape} "
-                        "do not fit together", fix="pass (n, M * sub_dim) features, (n, M) codes "
-                        "and (M, K, sub_dim) codebooks of the same side")
-    if codes.size and (int(codes.min()) < 0 or int(codes.max()) >= size):
-        raise DataError(f"pq_codes reach {int(codes.max())}, but the codebooks hold {size} codewords")
+    if codes.shape != (x.shape[0], quantizer.n_codebooks) or x.shape[1] != quantizer.dim:
+        raise DataError(f"features {x.shape} and pq_codes {codes.shape} do not fit {quantizer!r}",
+                        fix="pass (n, quantizer.dim) features and (n, n_codebooks) codes of the same side")
+    if codes.size and (int(codes.min()) < 0 or int(codes.max()) >= quantizer.codebook_size):
+        raise DataError(f"pq_codes reach {int(codes.max())}, but the codebooks hold "
+                        f"{quantizer.codebook_size} codewords")
     out = np.empty(x.shape[0], np.float64)
-    books64 = books.astype(np.float64)
-    which = np.arange(n_codebooks)[None, :]
-    step = rows_per_block(x.shape[1])
+    step = rows_per_block(x.shape[1], 4)
     for start in range(0, x.shape[0], step):
-        block = codes[start:start + step].astype(np.int64)
-        recon = books64[which, block]                                   # (b, M, sub_dim)
-        if additive:
-            diff = x[start:start + step] - recon.sum(axis=1)
-            out[start:start + block.shape[0]] = np.einsum("bd,bd->b", diff, diff)
-        else:
-            diff = x[start:start + step].reshape(-1, n_codebooks, sub_dim) - recon
-            out[start:start + block.shape[0]] = np.einsum("bms,bms->b", diff, diff)
+        diff = x[start:start + step].astype(np.float64) - quantizer.decode(codes[start:start + step])
+        out[start:start + diff.shape[0]] = np.einsum("bd,bd->b", diff, diff)
     return out
 
 
@@ -208,7 +197,7 @@ def hamming_pair_histogram(query_codes: Any, gallery_codes: Any, relevant: Any) 
     """Histogram of the Hamming distances of all (query, item) pairs, relevant vs not.
 
     ``query_codes`` (nq, B) and ``gallery_codes`` (ng, B) packed uint8; ``relevant``
-    (nq, ng) bool ground truth. Distances come from :func:`meet.filters.hamming_distances`
+    (nq, ng) bool ground truth. Distances come from :func:`meet.search.hamming.hamming_distances`
     (vectorised popcount) over query blocks of bounded size; one ``bincount`` per block
     fills both histograms.
     """

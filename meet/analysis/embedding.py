@@ -24,7 +24,7 @@ import torch
 
 from meet.analysis._base import Record, as_array, rows_per_block
 from meet.errors import ConfigError, DataError
-from meet.filters import stable_top
+from meet.search.topk import stable_top
 
 _MIN_POINTS = 4
 _numba_cache_tried = False

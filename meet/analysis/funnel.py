@@ -3,13 +3,15 @@
 * :func:`query_funnel`: one query's funnel (gallery -> Hamming -> PQ -> re-rank) from
   its trace, with the relevant items each stage dropped.
 * :func:`aggregate_funnel`: the same, pooled over many queries (from
-  :func:`meet.retrieval.stage_survivors`).
+  :func:`meet.search.stage_survivors`).
 * :func:`recall_cost_curve`: the recall ceiling after each filter as the rates R and q
   vary, against the share of the gallery the dense re-rank must read.
 * :func:`removed_by_stage`: a gallery of what one filter removed.
 
 "Recall ceiling" is relevant items kept / relevant items, pooled over queries: no re-rank
-can find an item a filter has dropped, so this bounds the cascade's recall.
+can find an item a filter has dropped, so this bounds the cascade's recall. Both the
+funnel and the curve run the cascade's own filters (:func:`meet.search.filter_orders`), so
+a ceiling here is exactly what a search with those rates keeps.
 """
 
 from __future__ import annotations
@@ -18,13 +20,13 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 from meet.analysis._base import (Record, as_array, cascade_ids, membership, query_arrays, relevance,
                                  rows_per_block, share)
 from meet.config import CascadeConfig
 from meet.errors import ConfigError, DataError
-from meet.filters import adc_tables, hamming_distances, pq_block_scorer, survivor_count
+from meet.search.cascade import filter_orders, rates, stage_survivors
+from meet.search.topk import survivor_count
 
 FUNNEL_STAGES = ("gallery", "hamming", "pq", "rerank")
 
@@ -88,7 +90,7 @@ class AggregateFunnel(Record):
 class RecallCostCurve(Record):
     """One row per (hamming_rate, pq_rate); arrays are (n_rows,).
 
-    ``R``/``q``: survivors of each filter (:func:`meet.filters.survivor_count`: a rate
+    ``R``/``q``: survivors of each filter (:func:`meet.search.topk.survivor_count`: a rate
     <= 1 is a fraction of the gallery resp. of R, > 1 a count); ``cost = q / n_gallery``,
     the share of dense rows the re-rank reads. ``operating_index`` is the row of the
     config's own rates (appended to the grid when absent from it); ``operating_point``
@@ -121,7 +123,7 @@ class RecallCostCurve(Record):
 
 
 def query_funnel(trace: Any, relevant: Any = None) -> Funnel:
-    """The funnel of one cascade/meet :class:`~meet.traces.QueryTrace`.
+    """The funnel of one cascade/meet :class:`~meet.search.QueryTrace`.
 
     ``relevant``: (gallery_size,) bool ground truth of this query, or None.
     """
@@ -147,18 +149,19 @@ def query_funnel(trace: Any, relevant: Any = None) -> Funnel:
                   gallery_size=n, n_relevant=None if rel is None else int(rel.sum()), stages=stages)
 
 
-def aggregate_funnel(queries: Any, gallery: Any, cfg: CascadeConfig, direction: str,
-                     relevant: Any) -> AggregateFunnel:
-    """The funnel over every query: ``queries`` an :class:`~meet.inference.Encoded` of the
-    other side, ``gallery`` a :class:`~meet.index.GalleryIndex`, ``relevant`` (nq, ng)
-    bool. Runs :func:`meet.retrieval.stage_survivors` on query blocks whose (block, ng)
-    masks stay within the memory budget."""
-    from meet.retrieval import rates, stage_survivors
-
+def aggregate_funnel(gallery: Any, queries: Any, relevant: Any,
+                     cascade: CascadeConfig | None = None) -> AggregateFunnel:
+    """The funnel over every query: ``gallery`` a :class:`~meet.search.GalleryIndex`,
+    ``queries`` an :class:`~meet.inference.Encoded` of the other side, ``relevant`` (nq, ng)
+    bool; ``cascade`` the search settings (default: the index's). Runs
+    :func:`meet.search.stage_survivors` on query blocks whose (block, ng) masks stay
+    within the memory budget."""
+    cascade = gallery.settings(cascade)
+    direction = gallery.direction
     n_queries, take = query_arrays(queries)
     n_gallery = gallery.n_items
     rel = relevance(relevant, (n_queries, n_gallery))
-    hamming_rate, pq_rate, _ = rates(cfg, direction)
+    hamming_rate, pq_rate, _ = rates(cascade, direction)
     kept = np.zeros(3, np.float64)
     relevant_kept = np.zeros(3, np.int64)
     per_query_relevant = rel.sum(axis=1).astype(np.int64)
@@ -166,7 +169,7 @@ def aggregate_funnel(queries: Any, gallery: Any, cfg: CascadeConfig, direction: 
     step = rows_per_block(n_gallery, 4)
     for start in range(0, n_queries, step):
         stop = min(start + step, n_queries)
-        masks = stage_survivors(take(start, stop), gallery, cfg, direction)
+        masks = stage_survivors(gallery, take(start, stop), cascade)
         block = rel[start:stop]
         in_hamming = (block & masks.after_hamming).sum(axis=1)
         in_pq = (block & masks.after_pq).sum(axis=1)
@@ -185,23 +188,20 @@ def aggregate_funnel(queries: Any, gallery: Any, cfg: CascadeConfig, direction: 
         per_query_relevant=per_query_relevant, per_query_lost=per_query_lost)
 
 
-def recall_cost_curve(queries: Any, gallery: Any, cfg: CascadeConfig, direction: str, relevant: Any,
-                      hamming_rates: Sequence[float], pq_rates: Sequence[float]) -> RecallCostCurve:
+def recall_cost_curve(gallery: Any, queries: Any, relevant: Any, hamming_rates: Sequence[float],
+                      pq_rates: Sequence[float], cascade: CascadeConfig | None = None) -> RecallCostCurve:
     """Recall ceilings after each filter over a grid of rates (every hamming_rate x pq_rate).
 
-    Computed as the cascade would, for all rates at once: per query block, one stable
-    sort of the Hamming distances (ties by position, as the filter) gives every R's
-    survivors; per distinct R, one stable sort of the survivors' ADC scores (the same
-    float32 sums as the filter, ties by position) gives every q's survivors, and
-    cumulative sums of the relevance in those orders give the kept counts. So each row
-    equals :func:`meet.retrieval.stage_survivors` at those rates (tested).
+    Computed by the cascade's own filters, with the index's scoring and quantizer: per
+    distinct R, one run of the Hamming filter keeping R and of the quantization filter
+    ordering all R survivors (:func:`meet.search.filter_orders`); every q's survivors are a
+    prefix of that order, and cumulative sums of the relevance along it give the kept
+    counts. So each row equals :func:`meet.search.stage_survivors` at those rates (tested
+    for every Hamming scoring and quantization space).
     """
-    from meet.retrieval import DIRECTIONS, rates
-
-    own = tuple(float(r) for r in rates(cfg, direction)[:2])  # checks the direction
-    if gallery.side != DIRECTIONS[direction]:
-        raise DataError(f"direction {direction} searches a {DIRECTIONS[direction]} gallery, but this "
-                        f"index holds {gallery.side} items", fix="pass the other index of the pair")
+    cascade = gallery.settings(cascade)
+    direction = gallery.direction
+    own = tuple(float(r) for r in rates(cascade, direction)[:2])
     grid = [(float(h), float(p)) for h in hamming_rates for p in pq_rates]
     if not grid:
         raise ConfigError("recall_cost_curve needs at least one hamming rate and one pq rate")
@@ -214,30 +214,14 @@ def recall_cost_curve(queries: Any, gallery: Any, cfg: CascadeConfig, direction:
     small_q = np.array([survivor_count(p, r, f"pq_rate_{direction}") for (_, p), r in zip(grid, big_r)])
     kept_h = np.zeros(len(grid), np.int64)
     kept_p = np.zeros(len(grid), np.int64)
-    step = rows_per_block(n_gallery, 8)
-    for start in range(0, n_queries, step):
-        block = take(start, min(start + step, n_queries))
-        codes = np.ascontiguousarray(block.codes, np.uint8)
-        if codes.shape[1:] != gallery.codes.shape[1:] or np.shape(block.hash)[1:] != (gallery.n_bits,):
-            raise DataError(f"query codes {codes.shape[1:]} / hash {np.shape(block.hash)[1:]} do not "
-                            f"match the gallery's {gallery.n_bits} bits",
-                            fix="encode queries and gallery with the same checkpoint")
-        r = rel[start:start + codes.shape[0]]
-        h_order = np.argsort(hamming_distances(codes, gallery.codes), axis=1, kind="stable")
-        h_rank = np.empty_like(h_order)
-        np.put_along_axis(h_rank, h_order, np.arange(n_gallery)[None, :], axis=1)
-        in_h = np.cumsum(np.take_along_axis(r, h_order, axis=1), axis=1)
-        with torch.no_grad():
-            tables = adc_tables(gallery.pq_vectors(block.dense, block.hash), gallery.codebooks)
-            adc = pq_block_scorer(tables, gallery.pq_codes)(0, n_gallery)
-        neg_adc = -adc.numpy()
-        for n_h in np.unique(big_r):
-            if n_h == 0:
-                continue
-            p_order = np.argsort(np.where(h_rank < n_h, neg_adc, np.inf), axis=1, kind="stable")[:, :n_h]
-            in_p = np.cumsum(np.take_along_axis(r, p_order, axis=1), axis=1)
-            for i in np.flatnonzero(big_r == n_h):
-                kept_h[i] += in_h[:, n_h - 1].sum()
+    for n_h in np.unique(big_r[big_r > 0]):
+        rows = np.flatnonzero(big_r == n_h)
+        for start, positions, order in filter_orders(gallery, take(0, n_queries), cascade, int(n_h)):
+            r = rel[start:start + positions.shape[0]]
+            in_h = np.take_along_axis(r, positions, axis=1).sum()
+            in_p = np.cumsum(np.take_along_axis(r, np.take_along_axis(positions, order, axis=1), axis=1), axis=1)
+            for i in rows:
+                kept_h[i] += in_h
                 kept_p[i] += in_p[:, small_q[i] - 1].sum() if small_q[i] else 0
     total = int(rel.sum())
     curve = RecallCostCurve(
@@ -259,7 +243,7 @@ def removed_by_stage(trace: Any, relevant: Any, stage: str, limit: int = 12, *,
 
     ``relevant``: (gallery_size,) bool or None (then dense order only); ``dense_query``:
     the query's dense embedding (dim,); ``gallery``: the searched
-    :class:`~meet.index.GalleryIndex` (or its dense rows (n, dim)). Only the removed
+    :class:`~meet.search.GalleryIndex` (or its dense rows (n, dim)). Only the removed
     rows are scored, in blocks.
     """
     if stage not in ("hamming", "pq"):

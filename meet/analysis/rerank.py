@@ -42,7 +42,7 @@ class ReweightView(Record):
 
 
 def reweighting_view(trace: Any) -> ReweightView:
-    """Every re-rank term of a cascade/meet :class:`~meet.traces.QueryTrace`, aligned.
+    """Every re-rank term of a cascade/meet :class:`~meet.search.QueryTrace`, aligned.
 
     Raises :class:`~meet.errors.DataError` for traces without a re-rank (exhaustive modes).
     """

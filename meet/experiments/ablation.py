@@ -32,7 +32,8 @@ from typing import Any, Callable
 
 from meet.checkpoint import read_pointer, write_json_atomic
 from meet.config import MEETConfig
-from meet.errors import ConfigError, DataError, MEETError
+from meet import cli
+from meet.errors import ConfigError, DataError
 from meet.experiments.settings import (QUICK, AblationSettings, check_settings, model_variants,
                                        small_config, sweep_point)
 
@@ -130,20 +131,19 @@ def evaluate_sweep(run: Path, test_ds: Any, points: list[tuple[str, float, Path]
     point's metrics to its cache path as soon as it is measured. The split is encoded and
     indexed once; only the cascade rates change between points."""
     import meet
-    from meet.evaluate import (encode_dataset, evaluate_mode, filter_drops, gallery_pair,
-                               shapes_relevance)
+    from meet.evaluate import SplitIndexes, evaluate_mode, filter_drops, shapes_relevance
 
     model = meet.load(run, device=device)
-    images, texts = encode_dataset(model, test_ds)
+    images, texts = model.encode_dataset(test_ds)
     relevance = shapes_relevance(test_ds)
-    pair = gallery_pair(model, images, texts)
+    indexes = SplitIndexes(model, images, texts)  # built once; each point changes only search-time rates
     for kind, rate, path in points:
         step(f"sweep {kind} rate {rate:g}")
         point = copy.copy(model)
         point.cfg = model.cfg.override(**sweep_point(kind, rate))
-        modes = {mode: evaluate_mode(mode, point, test_ds, images, texts, "full", relevance, pair)
+        modes = {mode: evaluate_mode(mode, point, test_ds, images, texts, "full", relevance, indexes)
                  for mode in SWEEP_MODES}
-        drops = filter_drops(point, pair, images, texts, relevance)
+        drops = filter_drops(point, indexes.pair(), images, texts, relevance)
         for values in modes.values():
             values.update(drops)
         write_json_atomic(path, {"kind": kind, "rate": rate, "modes": modes,
@@ -274,15 +274,12 @@ def settings_from_args(args: argparse.Namespace) -> AblationSettings:
 def run(args: argparse.Namespace) -> int:
     from meet.experiments.report import format_markdown
 
-    try:
-        settings = settings_from_args(args)
-        table = run_ablation(args.data, args.out, settings, args.runs, args.device, not args.quiet)
-    except MEETError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(format_markdown(table))
-    print(f"wrote {args.out / 'ablation.md'}, {args.out / 'ablation.json'} and {args.out / 'figures'}")
-    return 0
+    def body() -> None:
+        table = run_ablation(args.data, args.out, settings_from_args(args), args.runs, args.device,
+                             not args.quiet)
+        print(format_markdown(table))
+        print(f"wrote {args.out / 'ablation.md'}, {args.out / 'ablation.json'} and {args.out / 'figures'}")
+    return cli.run(body)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,15 +22,15 @@ retrieval mode. Its numbers are means over the training seeds (``runs`` says how
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from meet.cli import atomic_write_text
 from meet.config import MEETConfig
 from meet.experiments.settings import COMPONENTS, AblationSettings, bits_model, sweep_point
-from meet.retrieval import stage_sizes
+from meet.search import stage_sizes
 
 METRICS = {"rsum": "rsum", "t2i_map@r": "t2i_map@r", "i2t_map@r": "i2t_map@r", "t2i_p@10": "t2i_p@10",
            "t2i_ms_per_query": "search_ms_per_caption_query",
@@ -197,22 +197,16 @@ def format_markdown(table: dict[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------- files
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_outputs(out: Path, table: dict[str, Any]) -> None:
     """``ablation.json``, ``ablation.md`` and ``figures/<name>.json|.html`` (plotly)."""
     import json
 
     from meet.experiments.plots import ablation_figures
 
-    _write_text(out / "ablation.json", json.dumps(table, indent=1, sort_keys=True))
-    _write_text(out / "ablation.md", format_markdown(table))
+    atomic_write_text(out / "ablation.json", json.dumps(table, indent=1, sort_keys=True))
+    atomic_write_text(out / "ablation.md", format_markdown(table))
     figures = out / "figures"
     figures.mkdir(exist_ok=True)
     for name, fig in ablation_figures(table).items():
-        _write_text(figures / f"{name}.json", fig.to_json())
-        _write_text(figures / f"{name}.html", fig.to_html(include_plotlyjs="cdn", full_html=True))
+        atomic_write_text(figures / f"{name}.json", fig.to_json())
+        atomic_write_text(figures / f"{name}.html", fig.to_html(include_plotlyjs="cdn", full_html=True))

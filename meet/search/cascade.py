@@ -1,28 +1,18 @@
-"""MEET's Stage II: batched search through Hamming filter -> quantization filter -> re-rank.
+"""The Stage II engine: runs a batch of queries through Hamming filter -> quantization
+filter -> re-rank (or one stage alone, in the exhaustive modes) over a
+:class:`~meet.search.index.GalleryIndex`. The public entry is ``GalleryIndex.search``;
+:func:`full_scores` and :func:`stage_survivors` are the same stages for evaluation and
+analysis, so a mode, a tie rule and a recall ceiling mean one thing everywhere.
 
-For each query (all steps batched over a block of queries; nothing loops over the
-gallery in Python):
+Modes: ``dense`` (exact inner product over the whole gallery), ``hash`` (the Hamming
+stage alone, exact over the whole gallery; score ``n_bits - 2 * distance`` or ``<h, b>``
+by ``hamming_scores``), ``pq`` (the quantization stage alone: ADC over the whole
+gallery with the index's quantizer), ``cascade`` (1 -> 2 -> dense), ``meet`` (1 -> 2 ->
+reweighted).
 
-1. **Hamming filter**: keep the ``R`` items nearest in Hamming distance between packed
-   sign codes (faiss ``IndexBinaryFlat``), ``R`` from ``hamming_rate_{direction}``; or,
-   with ``hamming_scores="asymmetric"``, the ``R`` best by ``<h, b>``, the query's float
-   hash feature against each item's +-1 code (:func:`meet.filters.asymmetric_filter`).
-2. **Quantization filter**: score the R survivors by ADC, ``sum_m T[m, b_jm]`` with the
-   lookup table ``T[m, c] = <h_m, C_m[c]>`` of the query's float hash feature ``h``
-   against the *gallery side's* codebooks (t2i: image codebooks, i2t: text codebooks),
-   reading only the survivors' PQ codes; keep the top ``q`` (``pq_rate_{direction}``,
-   a fraction of R or a count).
-3. **Re-rank** the q candidates with the dense cosine; ``meet`` mode adds consistency and
-   complementarity (formulas in :mod:`meet.reweighting`; constants from
-   :class:`~meet.config.CascadeConfig`).
-
-A rate ``<= 1.0`` is a fraction, ``> 1`` a count (:func:`meet.filters.survivor_count`).
+A rate ``<= 1.0`` is a fraction, ``> 1`` a count (:func:`meet.search.topk.survivor_count`).
 Every stage ranks equal scores by gallery position (lower first), so results are
-deterministic and equal to a plain stable sort (``tests/test_retrieval.py``).
-
-Modes: ``dense`` (exact inner product over the whole gallery), ``hash`` (Hamming only;
-score ``n_bits - 2 * distance``), ``pq`` (ADC over the whole gallery), ``cascade``
-(1 -> 2 -> dense), ``meet`` (1 -> 2 -> reweighted).
+deterministic and equal to a plain stable sort (``tests/test_search_cascade.py``).
 
 Cost per query with count rates (R, q): one pass over the packed codes (the same scan as
 Hamming-only search), R x n_codebooks table reads, and q dense rows gathered; so the
@@ -36,23 +26,25 @@ import time
 from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, NamedTuple, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Sequence, TypeVar
 
 import numpy as np
 import torch
 
-from meet.config import CascadeConfig
+from meet.config import CascadeConfig, SearchMode, choices
 from meet.errors import ConfigError, DataError
-from meet.filters import (CACHE_CHUNK, WORK_BUDGET, adc_tables, asymmetric_filter, dense_block_scorer,
-                          hamming_distances, hamming_filter, pq_block_scorer, pq_filter, single_threaded,
-                          stream_topk, survivor_count)
-from meet.index import GalleryIndex
-from meet.reweighting import rerank
-from meet.traces import QueryTrace, StageTrace
+from meet.search.hamming import hamming_scores, hamming_stage
+from meet.search.pq_filter import pq_block_scorer, pq_filter
+from meet.search.rerank import dense_block_scorer, rerank
+from meet.search.topk import CACHE_CHUNK, WORK_BUDGET, single_threaded, stream_topk, survivor_count
+from meet.search.traces import QueryTrace, StageTrace
 
-MODES = ("dense", "hash", "pq", "cascade", "meet")
-DIRECTIONS = {"t2i": "image", "i2t": "text"}
-"""Direction -> the gallery side it searches."""
+if TYPE_CHECKING:  # the engine reads an index; the index calls the engine
+    from meet.search.index import GalleryIndex
+
+MODES = choices(SearchMode)
+EXHAUSTIVE_MODES = ("dense", "hash", "pq")
+"""Modes that score the whole gallery with one representation (no filters)."""
 
 
 @dataclass
@@ -120,8 +112,10 @@ class _Filtered:
 
 
 def rates(cfg: CascadeConfig, direction: str) -> tuple[float, float, int]:
-    """(hamming_rate, pq_rate, top_z) of one direction."""
-    _check_direction(direction)
+    """(hamming_rate, pq_rate, top_z) of one direction (``t2i`` or ``i2t``)."""
+    if direction not in ("t2i", "i2t"):
+        raise ConfigError(f"unknown direction {direction!r}", fix="use t2i (text queries over images) "
+                          "or i2t (image queries over captions)")
     return (getattr(cfg, f"hamming_rate_{direction}"), getattr(cfg, f"pq_rate_{direction}"),
             int(getattr(cfg, f"top_z_{direction}")))
 
@@ -138,41 +132,40 @@ def stage_sizes(cfg: CascadeConfig, direction: str, n_items: int) -> tuple[int, 
     return n_hamming, n_pq, min(top_z, n_pq)
 
 
-def search(queries: Any, gallery: GalleryIndex, cfg: CascadeConfig, direction: str, k: int = 10,
-           mode: str = "meet", trace: bool = False, batch_size: int = 256,
-           workers: int | None = None) -> SearchResult:
-    """Top-k gallery positions per query (see the module docstring for the stages).
+def run_search(index: GalleryIndex, queries: Any, k: int, mode: SearchMode, cascade: CascadeConfig,
+               trace: bool = False, batch_size: int = 256, workers: int | None = None) -> SearchResult:
+    """Top-k gallery positions per query (``GalleryIndex.search`` is the public entry).
 
-    ``queries``: an :class:`~meet.inference.Encoded` (or anything with ``dense``
-    (nq, dim), ``hash`` (nq, n_bits), ``codes`` (nq, n_bits / 8)) of the other modality;
-    ``direction``: ``t2i`` (caption queries, image gallery) or ``i2t``; ``trace``: attach a
-    :class:`~meet.traces.QueryTrace` per query (stores every survivor: small galleries);
-    ``batch_size``: queries per Hamming pass (faiss shares each scan of the codes among
-    them); the PQ and re-rank stages then work in cache-sized sub-blocks, each on one
-    torch thread (:func:`meet.filters.single_threaded`), ``workers`` sub-blocks side by
-    side (None: torch's thread count). Worker threads change speed, never results: each
-    sub-block writes its own rows. Per-stage seconds land in ``timings``.
+    ``queries``: an :class:`~meet.inference.Encoded` (or anything with ``dense`` (nq, dim),
+    ``hash`` (nq, n_bits), ``codes`` (nq, n_bits / 8)) of the other modality; ``trace``:
+    attach a :class:`~meet.search.traces.QueryTrace` per query (stores every survivor:
+    small galleries); ``batch_size``: queries per Hamming pass (faiss shares each scan of
+    the codes among them); the PQ and re-rank stages then work in cache-sized sub-blocks,
+    each on one torch thread (:func:`meet.search.topk.single_threaded`), ``workers``
+    sub-blocks side by side (None: torch's thread count). Worker threads change speed,
+    never results: each sub-block writes its own rows. Per-stage seconds land in
+    ``timings``.
 
     Why threads for those two stages: they gather rows at random gallery positions, so
     one core spends most of its time waiting on memory; two cores keep twice as many
     reads in flight (at 1M items and 2,000 candidates, the re-rank measured 2.6 -> 1.5 ms
     per query on 2 cores).
     """
-    q = _prepare(queries, gallery, direction, mode, k, batch_size)
+    q = _prepare(queries, index, mode, k, batch_size)
     n_workers = torch.get_num_threads() if workers is None else int(workers)
     if n_workers < 1:
         raise ConfigError(f"workers={workers} must be at least 1", fix="leave it out to use torch's thread count")
-    n_items, n_queries = gallery.n_items, q.dense.shape[0]
+    direction, n_items, n_queries = index.direction, index.n_items, q.dense.shape[0]
     ids = np.full((n_queries, k), -1, np.int64)
     scores = np.full((n_queries, k), -np.inf, np.float32)
     traces: list[QueryTrace] | None = [] if trace else None
     timings = {"hamming": 0.0, "pq": 0.0, "rerank": 0.0, "exhaustive": 0.0}
-    if mode in ("dense", "hash", "pq"):
+    if mode in EXHAUSTIVE_MODES:
         counts = {"gallery": n_items, "after_hamming": n_items, "after_pq": n_items,
                   "reranked": n_items if mode == "dense" else 0}
         for start in range(0, n_queries, batch_size):
             t0 = time.perf_counter()
-            pos, val = _exhaustive(q.rows(start, start + batch_size), gallery, mode, k)
+            pos, val = _exhaustive(q.rows(start, start + batch_size), index, mode, k, cascade)
             timings["exhaustive"] += time.perf_counter() - t0
             ids[start:start + pos.shape[0], :pos.shape[1]] = pos
             scores[start:start + pos.shape[0], :pos.shape[1]] = val
@@ -180,17 +173,17 @@ def search(queries: Any, gallery: GalleryIndex, cfg: CascadeConfig, direction: s
                 traces.extend(_exhaustive_trace(start + b, direction, mode, n_items, pos[b], val[b])
                               for b in range(pos.shape[0]))
         return SearchResult(ids, scores, counts, traces, timings)
-    n_hamming, n_pq, top_z = stage_sizes(cfg, direction, n_items)
+    n_hamming, n_pq, top_z = stage_sizes(cascade, direction, n_items)
     counts = {"gallery": n_items, "after_hamming": n_hamming, "after_pq": n_pq, "reranked": n_pq}
 
     def finish(task: tuple[_HammingBlock, int, int]) -> tuple[_Filtered, Any, float, float]:
         """Quantization filter and re-rank of one sub-block; writes its rows of the result."""
         t0 = time.perf_counter()
-        block = _pq_step(*task, gallery, n_pq)
+        block = _pq_step(*task, index, n_pq)
         t1 = time.perf_counter()
         stop = block.start + block.candidates.shape[0]
-        rr = rerank(torch.from_numpy(q.dense[block.start:stop]), gallery.dense, gallery.reciprocal,
-                    block.candidates, cfg, top_z, mode, want_consistency=trace,
+        rr = rerank(torch.from_numpy(q.dense[block.start:stop]), index.dense, index.reciprocal,
+                    block.candidates, cascade, top_z, mode, want_consistency=trace,
                     n_best=None if trace else k)
         best = rr.order[:, :k]
         ids[block.start:stop, :best.shape[1]] = np.take_along_axis(block.candidates, best, axis=1)
@@ -198,99 +191,106 @@ def search(queries: Any, gallery: GalleryIndex, cfg: CascadeConfig, direction: s
         return block, (rr if trace else None), t1 - t0, time.perf_counter() - t1
 
     with _worker_pool(n_workers) as pool:
-        for hamming_block in _hamming_blocks(q, gallery, cfg, n_hamming, batch_size, timings):
+        for hamming_block in _hamming_blocks(q, index, cascade, n_hamming, batch_size, timings):
             t0 = time.perf_counter()
-            done = pool(finish, hamming_block.sub_blocks(n_hamming, gallery.pq_codes.shape[1]))
+            done = pool(finish, hamming_block.sub_blocks(n_hamming, index.pq_codes.shape[1]))
             _split_wall(timings, time.perf_counter() - t0, sum(d[2] for d in done), sum(d[3] for d in done))
             if traces is not None:
-                traces.extend(_cascade_trace(block, rr, b, direction, mode, gallery, top_z, cfg.fusion)
+                traces.extend(_cascade_trace(block, rr, b, direction, mode, index, top_z, cascade.fusion)
                               for block, rr, _, _ in done for b in range(block.candidates.shape[0]))
     return SearchResult(ids, scores, counts, traces, timings)
 
 
-def full_scores(queries: Any, gallery: GalleryIndex, cfg: CascadeConfig, direction: str,
-                mode: str = "meet", batch_size: int = 256) -> np.ndarray:
+def full_scores(index: GalleryIndex, queries: Any, mode: SearchMode = "meet", cascade: CascadeConfig | None = None,
+                batch_size: int = 256) -> np.ndarray:
     """Every query's score for every gallery item, float32 (n_queries, n_gallery).
 
-    For evaluation at test-split scale (R@K, mAP code that ranks a full matrix). Exhaustive
-    modes: the mode's score everywhere. ``cascade``/``meet``: the final score of each
-    re-ranked candidate and ``-inf`` for items a filter removed, so sorting a row
-    reproduces :func:`search`'s order (up to the order among removed items).
+    For evaluation at test-split scale (R@K and mAP code that ranks a full matrix with the
+    same tie rule). Exhaustive modes: the mode's score everywhere, exactly as
+    ``index.search`` ranks it. ``cascade``/``meet``: the final score of each re-ranked
+    candidate and ``-inf`` for items a filter removed, so sorting a row (ties by position)
+    reproduces the search's order, with the removed items after it by position.
     """
-    q = _prepare(queries, gallery, direction, mode, 1, batch_size)
-    n_items, n_queries = gallery.n_items, q.dense.shape[0]
+    cascade = index.settings(cascade)
+    q = _prepare(queries, index, mode, 1, batch_size)
+    n_items, n_queries = index.n_items, q.dense.shape[0]
     out = np.full((n_queries, n_items), -np.inf, np.float32)
     for start in range(0, n_queries, batch_size):
         block = q.rows(start, start + batch_size)
         stop = start + block.dense.shape[0]
         if mode == "dense":
-            out[start:stop] = dense_block_scorer(torch.from_numpy(block.dense), gallery.dense)(0, n_items)
+            out[start:stop] = dense_block_scorer(torch.from_numpy(block.dense), index.dense)(0, n_items)
         elif mode == "hash":
-            dist = hamming_distances(block.codes, gallery.codes).astype(np.float32)
-            out[start:stop] = gallery.n_bits - 2.0 * dist
+            out[start:stop] = hamming_scores(cascade.hamming_scores, block.hash, block.codes, index.codes)
         elif mode == "pq":
-            tables = adc_tables(gallery.pq_vectors(block.dense, block.hash), gallery.codebooks)
-            out[start:stop] = pq_block_scorer(tables, gallery.pq_codes)(0, n_items).numpy()
+            tables = index.quantizer.lookup_tables(index.quantizer.source(block))
+            out[start:stop] = pq_block_scorer(tables, index.pq_codes)(0, n_items).numpy()
         else:
-            result = search(block, gallery, cfg, direction, k=max(n_items, 1), mode=mode,
-                            batch_size=batch_size)
+            result = run_search(index, block, max(n_items, 1), mode, cascade, batch_size=batch_size)
             rows, cols = np.nonzero(result.ids >= 0)
             out[start + rows, result.ids[rows, cols]] = result.scores[rows, cols]
     return out
 
 
-def stage_survivors(queries: Any, gallery: GalleryIndex, cfg: CascadeConfig, direction: str,
+def filter_orders(index: GalleryIndex, queries: Any, cascade: CascadeConfig, n_hamming: int,
+                  batch_size: int = 256) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """The two filters as the cascade runs them, keeping the whole quantization order:
+    ``(start, hamming_positions, pq_order)`` per query block, where ``hamming_positions``
+    (nb, R) are the Hamming survivors best first and ``pq_order`` (nb, R) the survivors'
+    indices by ADC score (ties by position). The quantization filter's ``q`` survivors
+    are ``hamming_positions[pq_order[:, :q]]`` for every ``q`` (a stable order's prefix is
+    its top q), so one pass serves every pq rate (:func:`stage_survivors`, the recall
+    curve of :mod:`meet.analysis.funnel`)."""
+    q = _prepare(queries, index, "cascade", 1, batch_size)
+    for hamming_block in _hamming_blocks(q, index, cascade, n_hamming, batch_size, {"hamming": 0.0, "pq": 0.0}):
+        with single_threaded():
+            for block in (_pq_step(*task, index, n_hamming)
+                          for task in hamming_block.sub_blocks(n_hamming, index.pq_codes.shape[1])):
+                yield block.start, block.hamming_pos, block.kept
+
+
+def stage_survivors(index: GalleryIndex, queries: Any, cascade: CascadeConfig | None = None,
                     batch_size: int = 256) -> StageMasks:
     """Boolean masks (n_queries, n_gallery) of the items kept after the Hamming filter and
     after the quantization filter, e.g. to count the truly relevant items each one drops."""
-    q = _prepare(queries, gallery, direction, "cascade", 1, batch_size)
-    n_queries = q.dense.shape[0]
-    after_hamming = np.zeros((n_queries, gallery.n_items), bool)
-    after_pq = np.zeros((n_queries, gallery.n_items), bool)
-    n_hamming, n_pq, _ = stage_sizes(cfg, direction, gallery.n_items)
-    for hamming_block in _hamming_blocks(q, gallery, cfg, n_hamming, batch_size, {"hamming": 0.0, "pq": 0.0}):
-        with single_threaded():
-            blocks = [_pq_step(*task, gallery, n_pq)
-                      for task in hamming_block.sub_blocks(n_hamming, gallery.pq_codes.shape[1])]
-        for block in blocks:
-            rows = np.arange(block.start, block.start + block.candidates.shape[0])[:, None]
-            after_hamming[rows, block.hamming_pos] = True
-            after_pq[rows, block.candidates] = True
+    cascade = index.settings(cascade)
+    queries = _prepare(queries, index, "cascade", 1, batch_size)
+    n_queries = queries.dense.shape[0]
+    after_hamming = np.zeros((n_queries, index.n_items), bool)
+    after_pq = np.zeros((n_queries, index.n_items), bool)
+    n_hamming, n_pq, _ = stage_sizes(cascade, index.direction, index.n_items)
+    for start, positions, order in filter_orders(index, queries, cascade, n_hamming, batch_size):
+        rows = np.arange(start, start + positions.shape[0])[:, None]
+        after_hamming[rows, positions] = True
+        after_pq[rows, np.take_along_axis(positions, order[:, :n_pq], axis=1)] = True
     return StageMasks(after_hamming, after_pq)
 
 
 # ------------------------------------------------------------------ internals
 
-def _hamming_blocks(q: _Queries, gallery: GalleryIndex, cfg: CascadeConfig, n_hamming: int,
+def _hamming_blocks(q: _Queries, index: GalleryIndex, cascade: CascadeConfig, n_hamming: int,
                     batch_size: int, timings: dict[str, float]) -> Iterator[_HammingBlock]:
     """The Hamming filter over up to ``batch_size`` queries at once (faiss shares each
     pass over the codes between them, on all its threads), plus the quantization filter's
     lookup tables for the block (one matrix product on all torch threads: for residual
-    codebooks that is M x K x dim floats read once per block, not once per sub-block).
-    ``cfg.hamming_scores`` picks symmetric (Hamming distance) or asymmetric (``<h, b>``)."""
-    if cfg.hamming_scores not in ("symmetric", "asymmetric"):
-        raise ConfigError(f"hamming_scores={cfg.hamming_scores!r} is neither 'symmetric' nor 'asymmetric'")
+    codebooks that is M x K x dim floats read once per block, not once per sub-block)."""
     step = max(1, min(batch_size, WORK_BUDGET // max(1, n_hamming)))
     for start in range(0, q.dense.shape[0], step):
         block = q.rows(start, start + step)
         t0 = time.perf_counter()
-        if cfg.hamming_scores == "asymmetric":
-            positions, scores = asymmetric_filter(block.hash, gallery.codes, n_hamming, gallery.sign_scan_index)
-        else:
-            positions, distances = hamming_filter(block.codes, gallery.codes, n_hamming, gallery.binary_index)
-            scores = (gallery.n_bits - 2.0 * distances).astype(np.float32)
+        positions, scores = hamming_stage(cascade.hamming_scores, block.hash, block.codes, index, n_hamming)
         t1 = time.perf_counter()
         timings["hamming"] += t1 - t0
-        tables = adc_tables(gallery.pq_vectors(block.dense, block.hash), gallery.codebooks)
+        tables = index.quantizer.lookup_tables(index.quantizer.source(block))
         timings["pq"] += time.perf_counter() - t1
         yield _HammingBlock(start, positions, scores, tables)
 
 
-def _pq_step(block: _HammingBlock, lo: int, hi: int, gallery: GalleryIndex, n_pq: int) -> _Filtered:
+def _pq_step(block: _HammingBlock, lo: int, hi: int, index: GalleryIndex, n_pq: int) -> _Filtered:
     """The quantization filter over rows ``lo:hi`` of a Hamming block (call it on one
     torch thread: the work is cache-sized)."""
     pos, ham = block.positions[lo:hi], block.scores[lo:hi]
-    kept, kept_scores, _ = pq_filter(block.tables[lo:hi], gallery.pq_codes, pos, n_pq)
+    kept, kept_scores, _ = pq_filter(block.tables[lo:hi], index.pq_codes, pos, n_pq)
     return _Filtered(block.start + lo, pos, ham, kept, kept_scores, np.take_along_axis(pos, kept, axis=1))
 
 
@@ -332,18 +332,18 @@ def _split_wall(timings: dict[str, float], wall: float, pq_seconds: float, reran
     timings["rerank"] += wall * (1.0 - share)
 
 
-def _exhaustive(q: _Queries, gallery: GalleryIndex, mode: str, k: int) -> tuple[np.ndarray, np.ndarray]:
-    n_items, n_queries = gallery.n_items, q.dense.shape[0]
+def _exhaustive(q: _Queries, index: GalleryIndex, mode: str, k: int, cascade: CascadeConfig
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """One stage over the whole gallery, exactly: positions and scores (nq, k)."""
+    n_items, n_queries = index.n_items, q.dense.shape[0]
     if mode == "hash":
-        pos, dist = hamming_filter(q.codes, gallery.codes, min(k, n_items), gallery.binary_index)
-        return pos, (gallery.n_bits - 2.0 * dist).astype(np.float32)
+        return hamming_stage(cascade.hamming_scores, q.hash, q.codes, index, min(k, n_items), exact=True)
     if mode == "dense":
-        block = max(1, WORK_BUDGET // max(n_queries, gallery.dense.shape[1]))
-        scorer = dense_block_scorer(torch.from_numpy(q.dense), gallery.dense)
+        block = max(1, WORK_BUDGET // max(n_queries, index.dense.shape[1]))
+        scorer = dense_block_scorer(torch.from_numpy(q.dense), index.dense)
     else:
-        block = max(1, WORK_BUDGET // max(n_queries, gallery.pq_codes.shape[1]))
-        tables = adc_tables(gallery.pq_vectors(q.dense, q.hash), gallery.codebooks)
-        scorer = pq_block_scorer(tables, gallery.pq_codes)
+        block = max(1, WORK_BUDGET // max(n_queries, index.pq_codes.shape[1]))
+        scorer = pq_block_scorer(index.quantizer.lookup_tables(index.quantizer.source(q)), index.pq_codes)
     return stream_topk(scorer, n_items, n_queries, k, block=block)
 
 
@@ -355,7 +355,7 @@ def _exhaustive_trace(row: int, direction: str, mode: str, n_items: int, pos: np
 
 
 def _cascade_trace(block: _Filtered, rr: Any, b: int, direction: str, mode: str,
-                   gallery: GalleryIndex, top_z: int, fusion: bool) -> QueryTrace:
+                   index: GalleryIndex, top_z: int, fusion: bool) -> QueryTrace:
     n_hamming = block.hamming_pos.shape[1]
     hamming = StageTrace("hamming", block.hamming_pos[b].copy(), block.hamming_scores[b].copy(),
                          np.arange(n_hamming))
@@ -366,7 +366,7 @@ def _cascade_trace(block: _Filtered, rr: Any, b: int, direction: str, mode: str,
     final = StageTrace("rerank", final_ids, rr.final[b][order].copy(), np.arange(len(order)),
                        previous_ranks=order.copy())
     notes = []
-    if mode == "meet" and gallery.reciprocal is None:
+    if mode == "meet" and index.reciprocal is None:
         notes.append("complementarity off: the gallery index stores no reciprocal scores "
                      "(build it with reciprocal_k > 0)")
     elif mode == "meet":
@@ -376,33 +376,21 @@ def _cascade_trace(block: _Filtered, rr: Any, b: int, direction: str, mode: str,
                      "no fusion (official release): the top z are re-sorted by reciprocal rank; "
                      "their final scores are ordinals 2 + (z - place) / z")
     pick = lambda arr: None if arr is None else arr[b].copy()
-    return QueryTrace(block.start + b, direction, mode, gallery.n_items, [hamming, pq, final],
+    return QueryTrace(block.start + b, direction, mode, index.n_items, [hamming, pq, final],
                       candidates=block.candidates[b].copy(), dense_scores=pick(rr.dense),
                       attention=pick(rr.attention), consistency=pick(rr.consistency),
                       complementarity_ranks=pick(rr.comp_ranks), complementarity=pick(rr.complementarity),
                       final_scores=pick(rr.final), final_order=final_ids.copy(), notes=notes)
 
 
-def _check_direction(direction: str) -> None:
-    if direction not in DIRECTIONS:
-        raise ConfigError(f"unknown direction {direction!r}", fix="use t2i (text queries over images) "
-                          "or i2t (image queries over captions)")
-
-
-def _prepare(queries: Any, gallery: GalleryIndex, direction: str, mode: str, k: int,
-             batch_size: int) -> _Queries:
+def _prepare(queries: Any, index: GalleryIndex, mode: str, k: int, batch_size: int) -> _Queries:
     """Validate the call and return the queries as contiguous numpy arrays."""
-    _check_direction(direction)
     if mode not in MODES:
         raise ConfigError(f"unknown search mode {mode!r}", fix=f"choose one of {', '.join(MODES)}")
     if not isinstance(k, (int, np.integer)) or k < 1:
         raise ConfigError(f"k={k!r} must be a positive integer")
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size} must be at least 1")
-    if gallery.side != DIRECTIONS[direction]:
-        raise DataError(f"direction {direction} searches a {DIRECTIONS[direction]} gallery, "
-                        f"but this index holds {gallery.side} items",
-                        fix="pass the other index of the pair, or the other direction")
     try:
         dense, hashed, codes = queries.dense, queries.hash, queries.codes
     except AttributeError as exc:
@@ -417,12 +405,11 @@ def _prepare(queries: Any, gallery: GalleryIndex, direction: str, mode: str, k: 
     checks = [
         (q.hash.shape[0] == n_queries and q.codes.shape[0] == n_queries,
          f"queries have {n_queries} dense rows but {q.hash.shape[0]} hash and {q.codes.shape[0]} code rows"),
-        (mode not in ("dense", "cascade", "meet") or q.dense.shape[1:] == gallery.dense.shape[1:],
-         f"query dense dim {q.dense.shape[1:]} != gallery dense dim {gallery.dense.shape[1:]}"),
-        (mode not in ("hash", "cascade", "meet") or q.codes.shape[1:] == gallery.codes.shape[1:],
-         f"query codes have {q.codes.shape[1:]} bytes, the gallery {gallery.codes.shape[1:]}"),
-        (mode not in ("pq", "cascade", "meet") or q.hash.shape[1:] == (gallery.n_bits,),
-         f"query hash features have shape {q.hash.shape[1:]}, the gallery has {gallery.n_bits} bits"),
+        (q.dense.shape[1:] == index.dense.shape[1:],
+         f"query dense dim {q.dense.shape[1:]} != gallery dense dim {index.dense.shape[1:]}"),
+        (q.codes.shape[1:] == index.codes.shape[1:] and q.hash.shape[1:] == (index.n_bits,),
+         f"query codes/hash features have {q.codes.shape[1:]} bytes / {q.hash.shape[1:]} bits, the gallery "
+         f"{index.codes.shape[1:]} / {index.n_bits}"),
     ]
     for ok, message in checks:
         if not ok:

@@ -1,139 +1,39 @@
-"""Stage II building blocks: survivor counts, exact top-k with a fixed tie order, the
-Hamming filter, the quantization (ADC) filter, and exhaustive scoring for the baselines.
+"""Stage II, step 1: the Hamming filter over the gallery's 8-byte sign codes.
 
-One tie rule holds everywhere, so that results never depend on a library's heap order:
-**items are ranked by their score, and equal scores by gallery position (lower first)**,
-i.e. a stable sort over the gallery in position order. Every function here returns
-exactly what that stable sort would return, and ``tests/test_retrieval.py`` checks each
-against a plain numpy reference.
+Two scorings of the packed codes, chosen by ``CascadeConfig.hamming_scores`` in one place
+(:func:`hamming_stage`):
 
-Temporaries are bounded by :data:`WORK_BUDGET` elements (a memory bound, not a method
-constant: it changes how work is split, never a result).
+* ``symmetric`` (METHOD.md): Hamming distance between the query's and each item's sign
+  code, through faiss ``IndexBinaryFlat`` (exact; ties by position,
+  :func:`hamming_filter`); the stage score is ``n_bits - 2 * distance``, the +-1 code
+  inner product;
+* ``asymmetric``: the query's float hash feature against each item's +-1 code,
+  ``<h, b>`` (same bytes per item, far fewer ties at the survivor boundary): faiss fast
+  scan proposes candidates, which are re-scored exactly (:func:`asymmetric_filter`).
+
+The exhaustive ``hash`` mode is this stage over the whole gallery, scored exactly
+(:func:`hamming_scores`, :func:`hamming_stage` with ``exact=True``).
 """
 
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
-from meet.errors import ConfigError, DataError
+from meet.config import HammingScores
+from meet.errors import ConfigError
+from meet.quantization import product_tables
+from meet.search.pq_filter import adc_gather, gather_codes, pq_block_scorer
+from meet.search.topk import WORK_BUDGET, stable_top, stream_topk
 
-WORK_BUDGET = 1 << 24
-"""Elements (floats or int64) one temporary may hold: ~64-128 MB."""
-
-_TOPK_SLACK = 8
-"""Extra candidates asked of ``torch.topk`` so that boundary ties are usually inside the
-candidate set; when they are not, the row falls back to a full stable sort."""
-
-CACHE_CHUNK = 1 << 18
-"""Elements per gather-and-score chunk in the PQ and re-rank stages: small enough to
-stay in a core's cache (converting float16 rows to float32 is several times faster
-there than over a large fresh buffer)."""
 
 _SORT_MIN_SHARE = 0.25
 """The Hamming filter sorts all distances when it keeps more than this share of the
 gallery (the paper's fractional rates): a k-heap that large is slower than sorting."""
 
-
-def survivor_count(rate: float, n_items: int, name: str = "rate") -> int:
-    """How many of ``n_items`` a filter keeps.
-
-    ``rate <= 1.0`` is a fraction: ``round(rate * n_items)`` (half rounds up), at least
-    1 when ``n_items > 0``; ``rate > 1`` is a count: ``min(int(rate), n_items)``. So 1.0
-    keeps everything, and a count of one item cannot be written (use a fraction).
-    """
-    try:
-        rate = float(rate)
-    except (TypeError, ValueError):
-        rate = math.nan
-    if not (math.isfinite(rate) and rate > 0):
-        raise ConfigError(f"{name}={rate!r} is not a positive number",
-                          fix="use a fraction in (0, 1] or a count > 1")
-    if n_items <= 0:
-        return 0
-    if rate <= 1.0:
-        return min(n_items, max(1, int(math.floor(rate * n_items + 0.5))))
-    return min(int(rate), n_items)
-
-
-@contextmanager
-def single_threaded() -> Iterator[None]:
-    """Run torch ops on one intra-op thread, then restore the previous count.
-
-    The PQ and re-rank stages work on cache-sized blocks (:data:`CACHE_CHUNK`): splitting
-    one across threads costs more in synchronisation than it saves, and on a busy machine
-    a two-thread float16 -> float32 copy of one block was measured 50x slower than on one
-    thread (8 ms vs 0.15 ms per query). The thread count is process-wide: concurrent
-    searches may briefly see it at 1, which changes speed, never results.
-    """
-    previous = torch.get_num_threads()
-    if previous == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-# ------------------------------------------------------------------ stable top-k
-
-def stable_top(scores: torch.Tensor, k: int, positions: torch.Tensor | None = None) -> torch.Tensor:
-    """Column indices of the ``k`` best entries per row, best first.
-
-    ``scores`` (n_rows, m) float; ``positions`` (n_rows, m) int64 gallery positions of the
-    columns, distinct within a row (None: the column index is the position). Order: score
-    descending, then position ascending. Returns (n_rows, min(k, m)) int64 indices into
-    the columns.
-
-    For small ``k``, ``torch.topk`` picks ``k + slack`` candidates and only those are put
-    in (score, position) order, so the cost does not include sorting all ``m`` columns
-    (at m = 10,000, k = 2,000: about 0.2 instead of 1.0 ms per row). Rows whose tie at the
-    k-th score reaches past the candidates fall back to the full stable sort.
-    """
-    n_rows, m = scores.shape
-    k = min(k, m)
-    if k <= 0 or n_rows == 0:
-        return torch.zeros(n_rows, max(k, 0), dtype=torch.long)
-    if k + _TOPK_SLACK >= m or 4 * k >= m:  # a large share: one full sort beats topk + sorts
-        return _full_stable_top(scores, k, positions)
-    _, cand = torch.topk(scores, k + _TOPK_SLACK, dim=1, sorted=False)
-    key = cand if positions is None else positions.gather(1, cand)
-    cand = cand.gather(1, torch.sort(key, dim=1).indices)  # candidates in position order
-    ranked = torch.sort(scores.gather(1, cand), dim=1, descending=True, stable=True)
-    out = cand.gather(1, ranked.indices[:, :k])
-    # Every item scoring >= the k-th value is a candidate iff the last candidate is
-    # strictly worse; then the first k candidates in (score, position) order are exact.
-    incomplete = torch.nonzero(ranked.values[:, -1] >= ranked.values[:, k - 1]).squeeze(1)
-    if incomplete.numel():
-        out[incomplete] = _full_stable_top(scores[incomplete], k,
-                                           None if positions is None else positions[incomplete])
-    return out
-
-
-def _full_stable_top(scores: torch.Tensor, k: int, positions: torch.Tensor | None) -> torch.Tensor:
-    """:func:`stable_top` by sorting every column once.
-
-    With positions, the sort key is one int64 per entry: the float32 score mapped to an
-    order-preserving int32 (``-0.0`` first made ``+0.0``, so equal scores stay equal),
-    negated, in the high half and the position (< 2**32) in the low half, so a plain
-    ascending sort is (score desc, position asc). One sort instead of an argsort of the
-    positions plus a stable sort of the scores: about half the time.
-    """
-    if positions is None:
-        return torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
-    bits = (scores.to(torch.float32) + 0.0).contiguous().view(torch.int32).long()
-    ordinal = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)  # increasing with the score
-    key = (-1 - ordinal) * (1 << 32) + positions
-    return torch.sort(key, dim=1).indices[:, :k]
-
-
-# ------------------------------------------------------------------ Hamming filter
 
 _POPCOUNT_8 = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(axis=1).astype(np.uint8)
 """Bits set in each byte value: the popcount for numpy < 2.0 (no ``np.bitwise_count``)."""
@@ -143,7 +43,7 @@ def hamming_distances(query_codes: np.ndarray, codes: np.ndarray) -> np.ndarray:
     """Popcount of XOR: (n_queries, n_bytes) x (n_items, n_bytes) uint8 -> (n_queries, n_items).
 
     The direct computation: the filter's path for large survivor shares, and the hash
-    mode of :func:`meet.retrieval.full_scores`. Returns uint8 when ``n_bits < 256``, else
+    mode of :func:`meet.search.cascade.full_scores`. Returns uint8 when ``n_bits < 256``, else
     uint16.
     """
     n_bytes = codes.shape[1]
@@ -301,7 +201,7 @@ def asymmetric_filter(query_hash: np.ndarray, codes: np.ndarray, n_keep: int,
     if n_keep <= 0 or n_queries == 0:
         return np.zeros((n_queries, max(n_keep, 0)), np.int64), np.zeros((n_queries, max(n_keep, 0)), np.float32)
     n_bits = codes.shape[1] * 8
-    tables = adc_tables(query_hash, sign_codebooks(n_bits))
+    tables = sign_tables(query_hash, n_bits)
     n_candidates = n_keep + max(_SIGN_SCAN_MIN_EXTRA, int(math.ceil(_SIGN_SCAN_SLACK * n_keep)))
     if scan_index is not None and n_candidates < n_items and n_keep <= _SORT_MIN_SHARE * n_items:
         _, candidates = scan_index.search(np.ascontiguousarray(query_hash, np.float32), n_candidates)
@@ -320,111 +220,39 @@ def _rescored(tables: torch.Tensor, codes: np.ndarray, candidates: np.ndarray, n
     return positions.gather(1, kept).numpy(), exact.gather(1, kept).numpy()
 
 
-# ------------------------------------------------------------------ quantization filter
+def sign_tables(query_hash: np.ndarray, n_bits: int) -> torch.Tensor:
+    """ADC tables (n_queries, n_bits / 8, 256) of float hash features against every +-1
+    pattern of each byte: ``sum_m T[m, byte_m]`` is ``<h, b>`` for a packed sign code."""
+    return product_tables(torch.as_tensor(np.ascontiguousarray(query_hash, np.float32)),
+                          torch.from_numpy(sign_codebooks(n_bits)))
 
-def adc_tables(query_hash: np.ndarray | torch.Tensor, codebooks: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """Lookup tables of the query vectors against one side's codebooks.
 
-    ``query_hash`` (n_queries, M * sub_dim) float: the hash features, or the rotated dense
-    vectors of a dense-space index (``GalleryIndex.pq_vectors``); ``codebooks``
-    (n_codebooks, codebook_size, sub_dim) -> (n_queries, n_codebooks, codebook_size)
-    float32: entry [q, m, c] is the inner product of the query's m-th sub-vector with
-    codeword c of codebook m. Additive codebooks (residual quantization: each codeword as
-    long as the query, sub_dim = dim) give the query's whole vector against codeword c.
+def hamming_stage(scoring: HammingScores, query_hash: np.ndarray, query_codes: np.ndarray, index: Any,
+                  n_keep: int, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The Hamming filter of ``index`` (a :class:`~meet.search.index.GalleryIndex`): the
+    ``n_keep`` best items per query by ``scoring``, best first, ties by position.
+
+    ``query_hash`` (n_queries, n_bits) float hash features and ``query_codes`` (n_queries,
+    n_bits / 8) their packed signs. Returns ``positions`` (n_queries, n_keep) int64 and
+    ``scores`` (n_queries, n_keep) float32 (``n_bits - 2 * distance`` or ``<h, b>``).
+    ``exact``: score every item exactly (the asymmetric filter then skips its fast-scan
+    proposal; the symmetric one is always exact).
     """
-    # Copies (small): codebooks may be a read-only memory map.
-    books = torch.as_tensor(np.array(codebooks, dtype=np.float32))
-    hashed = torch.as_tensor(np.array(query_hash, dtype=np.float32))
-    n_codebooks, _, sub_dim = books.shape
-    if n_codebooks * sub_dim == hashed.shape[1]:  # product codebooks: one sub-vector each
-        sub = hashed.reshape(hashed.shape[0], n_codebooks, sub_dim)
-        return torch.einsum("qmd,mkd->qmk", sub, books)
-    if sub_dim == hashed.shape[1]:  # additive (residual) codebooks: full-size codewords
-        return (hashed @ books.reshape(n_codebooks * books.shape[1], sub_dim).T).reshape(
-            hashed.shape[0], n_codebooks, books.shape[1])
-    raise DataError(f"query vectors of {hashed.shape[1]} dims fit neither product codebooks "
-                    f"{tuple(books.shape)} nor additive ones", fix="encode queries with the index's checkpoint")
+    if scoring == "asymmetric":
+        return asymmetric_filter(query_hash, index.codes, n_keep, None if exact else index.sign_scan_index)
+    if scoring != "symmetric":
+        raise ConfigError(f"hamming_scores={scoring!r} is neither 'symmetric' nor 'asymmetric'")
+    positions, distances = hamming_filter(query_codes, index.codes, n_keep, index.binary_index)
+    return positions, (index.n_bits - 2.0 * distances).astype(np.float32)
 
 
-def adc_gather(tables: torch.Tensor, item_codes: torch.Tensor) -> torch.Tensor:
-    """ADC scores ``sum_m tables[q, m, code[q, r, m]]``: (n_queries, M, K) x (n_queries, R, M)
-    integer codes -> (n_queries, R) float32. The sum runs over sub-spaces in order
-    m = 0..M-1; each sub-space's codes are widened to int64 (what ``gather`` indexes
-    with) one column at a time, which is cheaper than widening a transposed copy."""
-    scores = torch.zeros(item_codes.shape[0], item_codes.shape[1], dtype=torch.float32)
-    for m in range(tables.shape[1]):
-        scores += tables[:, m, :].gather(1, item_codes[:, :, m].long())
-    return scores
-
-
-def gather_codes(pq_codes: np.ndarray, positions: np.ndarray) -> torch.Tensor:
-    """PQ codes of the items at ``positions`` (n_queries, R): (n_queries, R, M), in the
-    stored dtype. A row of M uint8 codes is fetched as one integer of M bytes where such
-    an integer type exists (M = 1, 2, 4, 8), else as one M-byte record: one gather per
-    item, not M."""
-    n_items, n_codebooks = pq_codes.shape
-    if pq_codes.dtype == np.uint8 and pq_codes.flags.c_contiguous:
-        word = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}.get(n_codebooks,
-                                                                          np.dtype((np.void, n_codebooks)))
-        rows = pq_codes.view(word).reshape(n_items)
-        raw = np.take(rows, positions).view(np.uint8).reshape(*positions.shape, n_codebooks)
-    else:
-        raw = np.asarray(pq_codes[positions])
-    return torch.from_numpy(raw)
-
-
-def pq_filter(tables: torch.Tensor, pq_codes: np.ndarray, positions: np.ndarray, n_keep: int
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Keep the ``n_keep`` Hamming survivors with the best ADC score (ties by position).
-
-    ``tables`` (n_queries, M, K); ``pq_codes`` (n_items, M) the gallery's PQ codes, of
-    which only the survivors' rows are read; ``positions`` (n_queries, R) survivors.
-    Returns ``kept`` (n_queries, q) indices into the R survivors (= their Hamming ranks),
-    best first, ``kept_scores`` (n_queries, q) and ``scores`` (n_queries, R) float32.
-    """
-    scores = adc_gather(tables, gather_codes(pq_codes, positions))
-    kept = stable_top(scores, n_keep, torch.from_numpy(positions))
-    return kept.numpy(), scores.gather(1, kept).numpy(), scores.numpy()
-
-
-# ------------------------------------------------------------------ exhaustive scoring
-
-def stream_topk(score_block: Callable[[int, int], torch.Tensor], n_items: int, n_queries: int,
-                k: int, block: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k over a gallery scored block by block (faiss contrib's exhaustive search).
-
-    ``score_block(start, stop)`` returns (n_queries, stop - start) float32 scores of
-    gallery items ``start..stop-1``. Returns positions (n_queries, k) int64 and scores
-    (n_queries, k) float32, ordered by (score desc, position asc).
-    """
-    k = min(k, n_items)
-    block = block or max(1, WORK_BUDGET // max(1, n_queries))
-    best_pos = torch.zeros(n_queries, 0, dtype=torch.long)
-    best_val = torch.zeros(n_queries, 0, dtype=torch.float32)
-    for start in range(0, n_items, block):
-        stop = min(start + block, n_items)
-        values = score_block(start, stop)
-        top = stable_top(values, k)
-        # Earlier blocks hold lower positions: a stable sort of [best, block] by score
-        # keeps (score desc, position asc) order.
-        cand_pos = torch.cat([best_pos, top + start], dim=1)
-        cand_val = torch.cat([best_val, values.gather(1, top)], dim=1)
-        order = torch.sort(cand_val, dim=1, descending=True, stable=True).indices[:, :k]
-        best_pos, best_val = cand_pos.gather(1, order), cand_val.gather(1, order)
-    return best_pos.numpy(), best_val.numpy()
-
-
-def dense_block_scorer(query_dense: torch.Tensor, dense: np.ndarray) -> Callable[[int, int], torch.Tensor]:
-    """Inner products of float32 queries (n_queries, d) with stored rows ``dense[start:stop]``."""
-    return lambda start, stop: query_dense @ torch.from_numpy(np.asarray(dense[start:stop], np.float32)).T
-
-
-def pq_block_scorer(tables: torch.Tensor, pq_codes: np.ndarray) -> Callable[[int, int], torch.Tensor]:
-    """ADC scores of every query against ``pq_codes[start:stop]`` (shared by all queries)."""
-    def score(start: int, stop: int) -> torch.Tensor:
-        codes = torch.from_numpy(np.asarray(pq_codes[start:stop]).astype(np.int64))  # (b, M)
-        out = torch.zeros(tables.shape[0], stop - start)
-        for m in range(tables.shape[1]):
-            out += tables[:, m, :][:, codes[:, m]]
-        return out
-    return score
+def hamming_scores(scoring: HammingScores, query_hash: np.ndarray, query_codes: np.ndarray,
+                   codes: np.ndarray) -> np.ndarray:
+    """Every item's Hamming-stage score, float32 (n_queries, n_items): what
+    :func:`hamming_stage` ranks, for evaluation over a whole (test-size) gallery."""
+    n_bits = codes.shape[1] * 8
+    if scoring == "asymmetric":
+        return pq_block_scorer(sign_tables(query_hash, n_bits), codes)(0, codes.shape[0]).numpy()
+    if scoring != "symmetric":
+        raise ConfigError(f"hamming_scores={scoring!r} is neither 'symmetric' nor 'asymmetric'")
+    return n_bits - 2.0 * hamming_distances(query_codes, codes).astype(np.float32)

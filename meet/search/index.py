@@ -1,31 +1,30 @@
-"""A gallery encoded once: binary codes, PQ codes, dense vectors, ids; build, add, save, load.
+"""A gallery encoded once: :class:`GalleryIndex` (build, add, search, save, load) and
+:func:`build_pair`, which indexes both sides of a retrieval pair.
 
-One :class:`GalleryIndex` holds one side (images or captions) of a retrieval pair, in the
-representations the cascade reads (:mod:`meet.retrieval`):
+One :class:`GalleryIndex` holds one side (images or captions) in the representations the
+cascade reads:
 
-* ``codes`` (n, n_bits / 8) uint8: packed sign codes (faiss binary layout), searched
-  through a lazily built faiss ``IndexBinaryFlat`` (``binary_index``);
-* ``pq_codes`` (n, n_codebooks) uint8 and this side's ``codebooks`` (M, K, sub_dim):
-  what the quantization filter reads. They quantize the hash features (``pq_space``
-  ``"hash"``, METHOD.md, the model's own codebooks) or, when the index holds a
-  ``rotation`` (dim, dim), the OPQ-rotated dense vectors (``"dense"``, fitted on this
-  gallery at build time; see :mod:`meet.dense_pq` for why and what it costs);
+* ``codes`` (n, n_bits / 8) uint8: packed sign codes (faiss binary layout), for the
+  Hamming filter (faiss ``IndexBinaryFlat`` and a fast-scan index, built on first use);
+* ``pq_codes`` (n, n_codebooks) and the ``quantizer`` that made them
+  (:mod:`meet.search.quantizers`: the hash-space PQ, the OPQ dense space or the residual
+  space), for the quantization filter;
 * ``dense`` (n, dim) float16: the re-rank's vectors (half the bytes of float32; cosine
   scores move by ~1e-3 at most);
 * ``reciprocal`` (n, k) float16 or None: each item's top-k scores (descending) against
-  the *other* side's gallery, for MEET's complementarity term.
+  the *other* side's gallery, for MEET's complementarity term;
+* ``hash`` (n, n_bits) float32 or None: the hash features before the sign, kept when
+  asked (the app's quantization-error view reads them).
 
-:func:`build_pair` encodes both sides with one checkpoint and computes both sides'
-reciprocal scores (:mod:`meet.reciprocal`: exact faiss k-NN by inner product on the
-stored float16 vectors, two products of the image x caption matrix: roughly 20-30 min
-for 100k images x 500k captions at dim 256 on 2 cores; ``reciprocal_k=0`` skips them).
-
-``fingerprint`` ties an index to the checkpoint that built it: loading with another
-checkpoint's fingerprint is an error, because codes of two models are not comparable.
+``cascade`` holds the Stage II settings the index was built with (the checkpoint's); a
+search uses them unless told otherwise. ``fingerprint`` ties an index to the checkpoint
+that built it: loading with another checkpoint's fingerprint is an error, because codes of
+two models are not comparable.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -33,70 +32,72 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from meet.config import CascadeConfig
+from meet.cli import atomic_folder
+from meet.config import CascadeConfig, SearchMode
 from meet.errors import CheckpointError, ConfigError, DataError
-from meet.filters import build_binary_index, build_sign_scan_index
-from meet.index_store import read_arrays, read_header, sha256_file, write_index_folder
-from meet.reciprocal import reciprocal_scores
+from meet.search.cascade import SearchResult, run_search
+from meet.search.hamming import build_binary_index, build_sign_scan_index
+from meet.search.quantizers import Quantizer, gallery_quantizer, quantizer_from_arrays
+from meet.search.rerank import reciprocal_scores
+from meet.search.storage import read_arrays, read_header, sha256_file, write_index_folder
 
 if TYPE_CHECKING:
     from meet.inference import Encoded, MEETModel
 
 SIDES = ("image", "text")
-PQ_SPACES = ("hash", "dense", "residual")
-"""What a gallery's PQ codes can quantize (``CascadeConfig.pq_space``)."""
+DIRECTIONS = {"image": "t2i", "text": "i2t"}
+"""Gallery side -> the direction that searches it (caption queries over images: t2i)."""
 PROGRESS_BAR_ITEMS = 20000
 """Galleries with at least this many images + captions get a tqdm bar by default."""
+BUILD_FIELDS = ("pq_space", "pq_fit_items", "pq_beam_size", "reciprocal_k")
+"""The ``CascadeConfig`` fields fixed when an index is built (the others act at search time)."""
 
 Progress = Callable[[int, int, str], None]
 
 
 class GalleryIndex:
-    """One encoded gallery; construct with :meth:`from_arrays`, :func:`build_pair` or :meth:`load`.
+    """One encoded gallery; build with :func:`build_pair`, or from arrays, or :meth:`load`.
 
-    Attributes: ``side`` (``image``/``text``); ``ids`` (n,) str (image file name or
-    ``str(sentence id)``; row i of every array is item ``ids[i]``, and search results are
-    these row positions); ``dense`` (n, dim) float16; ``codes`` (n, n_bits / 8) uint8;
-    ``pq_codes`` (n, n_codebooks) uint8; ``codebooks`` (n_codebooks, codebook_size,
-    sub_dim) float32; ``reciprocal`` (n, k) float16 or None; ``fingerprint`` (the
-    checkpoint's, see :func:`checkpoint_fingerprint`); ``meta`` (JSON-able dict).
+    ``side`` (``image``/``text``); ``ids`` (n,) str (image file name or ``str(sentence
+    id)``; row i of every array is item ``ids[i]``, and search results are these
+    positions); the arrays of the module docstring; ``quantizer``; ``cascade``;
+    ``fingerprint``; ``meta`` (JSON-able dict). ``check_values`` validates code ranges
+    and id uniqueness (a loaded index, whose files passed their checksums, skips it).
     """
 
-    def __init__(self, side: str, ids: Sequence[Any], dense: np.ndarray, codes: np.ndarray,
-                 pq_codes: np.ndarray, codebooks: np.ndarray, reciprocal: np.ndarray | None = None,
-                 fingerprint: str = "", meta: dict | None = None, check_values: bool = True,
-                 rotation: np.ndarray | None = None, pq_space: str | None = None):
+    def __init__(self, side: str, ids: Sequence[Any], dense: Any, codes: Any, pq_codes: Any,
+                 quantizer: Quantizer, *, hash: Any = None, reciprocal: Any = None, fingerprint: str = "",
+                 cascade: CascadeConfig | None = None, meta: dict | None = None, check_values: bool = True):
         if side not in SIDES:
             raise ConfigError(f"gallery side {side!r} is neither 'image' nor 'text'")
+        if not isinstance(quantizer, Quantizer):
+            raise ConfigError(f"quantizer must be a meet.search.quantizers.Quantizer, got {type(quantizer).__name__}")
         self.side = side
         self.ids = [str(i) for i in ids]
-        self._pq_space = _checked_space(pq_space, rotation)
-        self.dense, self.codes, self.pq_codes, self.codebooks, self.reciprocal = _checked_arrays(
-            len(self.ids), dense, codes, pq_codes, codebooks, reciprocal, check_values, self._pq_space)
-        self.rotation = _checked_rotation(rotation, self.dense.shape[1])
+        self.quantizer = quantizer
+        self.dense, self.codes, self.pq_codes, self.hash, self.reciprocal = _checked_arrays(
+            len(self.ids), dense, codes, pq_codes, hash, reciprocal, quantizer, check_values)
         if check_values and len(set(self.ids)) != len(self.ids):
             seen: set[str] = set()
             duplicate = next(i for i in self.ids if i in seen or seen.add(i))
             raise DataError(f"gallery ids are not unique (first repeat: {duplicate!r})",
                             fix="give every image / caption its own id")
+        self.cascade = cascade or CascadeConfig()
         self.fingerprint = str(fingerprint)
         self.meta = dict(meta or {})
         self._binary_index = None
         self._sign_scan_index = None
 
-    @classmethod
-    def from_arrays(cls, side: str, ids: Sequence[Any], dense: np.ndarray, codes: np.ndarray,
-                    pq_codes: np.ndarray, codebooks: np.ndarray, reciprocal: np.ndarray | None = None,
-                    fingerprint: str = "", meta: dict | None = None,
-                    rotation: np.ndarray | None = None, pq_space: str | None = None) -> "GalleryIndex":
-        """Wrap ready arrays (shapes/dtypes checked; ``dense``/``reciprocal`` stored as
-        float16, ``codebooks`` float32; float16 input is kept without a copy). What
-        ``pq_codes``/``codebooks`` quantize (``pq_space``, default ``"dense"`` with a
-        ``rotation``, else ``"hash"``): the hash features (``hash``: books (M, K, n_bits / M)),
-        the rotated dense vectors (``dense``: books (M, K, dim / M)), or the dense vectors as
-        sums of one full-size codeword per book (``residual``: books (M, K, dim))."""
-        return cls(side, ids, dense, codes, pq_codes, codebooks, reciprocal, fingerprint, meta,
-                   rotation=rotation, pq_space=pq_space)
+    @property
+    def cascade(self) -> CascadeConfig:
+        """The Stage II settings searches use by default; its build-time fields
+        (:data:`BUILD_FIELDS`) always describe this index (its quantizer, its reciprocal k)."""
+        return self._cascade
+
+    @cascade.setter
+    def cascade(self, value: CascadeConfig) -> None:
+        self._cascade = dataclasses.replace(value, pq_space=self.quantizer.space, reciprocal_k=self.reciprocal_k,
+                                            **self.quantizer.settings())
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -112,22 +113,17 @@ class GalleryIndex:
         return self.dense.shape[1]
 
     @property
+    def direction(self) -> str:
+        """The direction that searches this gallery: ``t2i`` for images, ``i2t`` for captions."""
+        return DIRECTIONS[self.side]
+
+    @property
     def pq_space(self) -> str:
-        """What the PQ codes quantize: ``"hash"`` (the model's h), ``"dense"`` (rotated, PQ)
-        or ``"residual"`` (the dense vectors, residual quantization)."""
-        return self._pq_space
+        return self.quantizer.space
 
-    def pq_vectors(self, dense: np.ndarray, hash_features: np.ndarray) -> np.ndarray:
-        """What this index's PQ codes quantize, for items or queries given both their
-        ``dense`` (n, dim) and ``hash_features`` (n, n_bits): the hash features, or the
-        dense vectors rotated into the codebooks' space. Lookup tables are built from it."""
-        if self._pq_space == "hash":
-            return hash_features
-        if self._pq_space == "residual":
-            return np.asarray(dense, dtype=np.float32)
-        from meet.dense_pq import rotate
-
-        return rotate(dense, self.rotation)
+    @property
+    def codebooks(self) -> np.ndarray:
+        return self.quantizer.codebooks
 
     @property
     def reciprocal_k(self) -> int:
@@ -149,7 +145,7 @@ class GalleryIndex:
     @property
     def sign_scan_index(self) -> Any:
         """faiss fast-scan index of ``codes`` for the asymmetric Hamming filter
-        (:func:`meet.filters.build_sign_scan_index`), built on first use."""
+        (:func:`meet.search.hamming.build_sign_scan_index`), built on first use."""
         if self._sign_scan_index is None:
             self._sign_scan_index = build_sign_scan_index(self.codes)
         return self._sign_scan_index
@@ -159,13 +155,36 @@ class GalleryIndex:
 
     def __repr__(self) -> str:
         return (f"GalleryIndex(side={self.side!r}, n_items={self.n_items}, dim={self.dim}, "
-                f"n_bits={self.n_bits}, n_codebooks={self.pq_codes.shape[1]}, "
+                f"n_bits={self.n_bits}, quantizer={self.quantizer!r}, "
                 f"reciprocal_k={self.reciprocal_k}, fingerprint={self.fingerprint[:12]!r})")
 
+    # ------------------------------------------------------------------ search
+    def search(self, queries: Any, k: int = 10, mode: SearchMode = "meet", cascade: CascadeConfig | None = None,
+               trace: bool = False, batch_size: int = 256, workers: int | None = None) -> SearchResult:
+        """The top ``k`` items for each query of the other modality; see :mod:`meet.search`.
+
+        ``queries``: an :class:`~meet.inference.Encoded` (``dense``, ``hash``, ``codes``) of
+        captions for an image index, of images for a caption index; ``mode``: ``dense``,
+        ``hash``, ``pq``, ``cascade`` or ``meet``; ``cascade``: Stage II settings for this
+        call (default: the index's own, i.e. the checkpoint's; the fields fixed at build
+        time, :data:`BUILD_FIELDS`, always come from the index); ``trace``: attach a
+        :class:`~meet.search.traces.QueryTrace` per query; ``batch_size``/``workers``:
+        speed only, never results.
+        """
+        return run_search(self, queries, k=k, mode=mode, cascade=self.settings(cascade), trace=trace,
+                          batch_size=batch_size, workers=workers)
+
+    def settings(self, cascade: CascadeConfig | None = None) -> CascadeConfig:
+        """``cascade`` (default: the index's) with the build-time fields of this index."""
+        if cascade is None:
+            return self.cascade
+        return dataclasses.replace(cascade, **{name: getattr(self.cascade, name) for name in BUILD_FIELDS})
+
     # ------------------------------------------------------------------ growth
-    def add(self, ids: Sequence[Any], dense: np.ndarray, codes: np.ndarray, pq_codes: np.ndarray,
-            reciprocal: np.ndarray | None = None, other: "GalleryIndex | np.ndarray | None" = None) -> None:
-        """Append items (encoded with the same checkpoint).
+    def add(self, ids: Sequence[Any], items: "Encoded", other: "GalleryIndex | np.ndarray | None" = None,
+            reciprocal: np.ndarray | None = None) -> None:
+        """Append items encoded with the same checkpoint (an :class:`~meet.inference.Encoded`);
+        their quantization codes come from this index's quantizer.
 
         If this index stores reciprocal scores, the new items need theirs: pass them, or
         pass ``other`` (the other side's index, or its dense vectors) to compute them.
@@ -173,9 +192,10 @@ class GalleryIndex:
         recomputed, so the other side's stored rankings do not include the new items;
         rebuild both with :func:`build_pair` for exact complementarity.
         """
-        new = GalleryIndex(self.side, ids, dense, codes, pq_codes, self.codebooks, rotation=self.rotation,
-                           pq_space=self._pq_space)
-        if new.dim != self.dim or new.codes.shape[1] != self.codes.shape[1]:
+        pq_codes = self.quantizer.encode(self.quantizer.source(items))
+        new = GalleryIndex(self.side, ids, items.dense, items.codes, pq_codes, self.quantizer,
+                           hash=items.hash if self.hash is not None else None)
+        if new.dim != self.dim or new.n_bits != self.n_bits:
             raise DataError(f"new items have dim {new.dim} / {new.n_bits} bits, the index "
                             f"{self.dim} / {self.n_bits}", fix="encode them with the same checkpoint")
         clash = set(new.ids) & set(self.ids)
@@ -188,7 +208,9 @@ class GalleryIndex:
             raise DataError("this index stores no reciprocal scores; leave reciprocal=None")
         self.dense = np.concatenate([self.dense, new.dense])
         self.codes = np.concatenate([self.codes, new.codes])
-        self.pq_codes = np.concatenate([self.pq_codes, new.pq_codes.astype(self.pq_codes.dtype)])
+        self.pq_codes = np.concatenate([self.pq_codes, new.pq_codes])
+        if self.hash is not None:
+            self.hash = np.concatenate([self.hash, new.hash])
         if rows is not None:
             self.reciprocal = np.concatenate([self.reciprocal, rows])
         self.ids = self.ids + new.ids
@@ -196,22 +218,6 @@ class GalleryIndex:
             self._binary_index.add(np.ascontiguousarray(new.codes))
         self._sign_scan_index = None  # rebuilt on next use (fast, and rarely needed after add)
         self.meta["n_added"] = int(self.meta.get("n_added", 0)) + new.n_items
-
-    def add_encoded(self, ids: Sequence[Any], encoded: "Encoded",
-                    other: "GalleryIndex | np.ndarray | None" = None) -> None:
-        """:meth:`add` for an :class:`~meet.inference.Encoded` (a dense-space index
-        quantizes the new dense vectors with its own rotation and codebooks)."""
-        pq_codes = encoded.pq_codes
-        if self._pq_space == "dense":
-            from meet.dense_pq import encode_dense_pq
-
-            pq_codes = encode_dense_pq(encoded.dense, self.rotation, self.codebooks)
-        elif self._pq_space == "residual":
-            from meet.dense_pq import encode_residual
-
-            beam = self.meta.get("pq_beam_size", CascadeConfig().pq_beam_size)  # what it was built with
-            pq_codes = encode_residual(encoded.dense, self.codebooks, int(beam))
-        self.add(ids, encoded.dense, encoded.codes, pq_codes, other=other)
 
     def _new_reciprocal(self, new: "GalleryIndex", reciprocal: np.ndarray | None, other: Any) -> np.ndarray:
         k = self.reciprocal_k
@@ -232,15 +238,14 @@ class GalleryIndex:
 
     # ------------------------------------------------------------------ files
     def save(self, folder: str | Path) -> Path:
-        """Write the index to ``folder`` atomically (see :mod:`meet.index_store`)."""
-        arrays = {"dense": self.dense, "codes": self.codes, "pq_codes": self.pq_codes,
-                  "codebooks": self.codebooks}
-        if self.reciprocal is not None:
-            arrays["reciprocal"] = self.reciprocal
-        if self.rotation is not None:
-            arrays["rotation"] = self.rotation
-        header = {"side": self.side, "ids": self.ids, "fingerprint": self.fingerprint,
-                  "meta": self.meta, "n_items": self.n_items, "pq_space": self._pq_space}
+        """Write the index to ``folder`` atomically (see :mod:`meet.search.storage`)."""
+        arrays = {"dense": self.dense, "codes": self.codes, "pq_codes": self.pq_codes, **self.quantizer.arrays()}
+        for name in ("hash", "reciprocal"):
+            if getattr(self, name) is not None:
+                arrays[name] = getattr(self, name)
+        header = {"side": self.side, "ids": self.ids, "fingerprint": self.fingerprint, "meta": self.meta,
+                  "n_items": self.n_items, "cascade": dataclasses.asdict(self.cascade),
+                  "quantizer": {"space": self.quantizer.space, **self.quantizer.settings()}}
         try:
             json.dumps(self.meta)
         except TypeError as exc:
@@ -265,35 +270,31 @@ class GalleryIndex:
                 f"index {folder} was built with another checkpoint; rebuild it "
                 f"(index fingerprint {header.get('fingerprint', '')[:12]!r}, "
                 f"checkpoint {fingerprint[:12]!r})",
-                fix="rebuild the index with meet.index.build_pair using this checkpoint")
+                fix="rebuild the index with meet.search.build_pair using this checkpoint")
         arrays = read_arrays(folder, header, mmap=mmap, verify=verify)
         missing = {"dense", "codes", "pq_codes", "codebooks"} - set(arrays)
         if missing:
             raise DataError(f"index {folder} lacks arrays {sorted(missing)}", fix="rebuild the index")
+        settings = dict(header.get("quantizer") or {})
+        quantizer = quantizer_from_arrays(str(settings.pop("space", "")), {
+            name: arrays[name] for name in ("codebooks", "rotation") if name in arrays}, settings)
+        try:
+            cascade = CascadeConfig(**header.get("cascade", {}))
+        except TypeError as exc:
+            raise DataError(f"index {folder}: its cascade settings are not this version's ({exc})",
+                            fix="rebuild the index") from exc
         return cls(header.get("side", ""), header.get("ids", []), arrays["dense"], arrays["codes"],
-                   arrays["pq_codes"], arrays["codebooks"], arrays.get("reciprocal"),
-                   header.get("fingerprint", ""), header.get("meta", {}), check_values=False,
-                   rotation=arrays.get("rotation"), pq_space=header.get("pq_space"))
+                   arrays["pq_codes"], quantizer, hash=arrays.get("hash"), reciprocal=arrays.get("reciprocal"),
+                   fingerprint=header.get("fingerprint", ""), cascade=cascade, meta=header.get("meta", {}),
+                   check_values=False)
 
 
-def _checked_space(pq_space: str | None, rotation: Any) -> str:
-    """The index's ``pq_space``: as given, or inferred from the rotation (older indexes)."""
-    space = pq_space if pq_space is not None else ("hash" if rotation is None else "dense")
-    if space not in PQ_SPACES:
-        raise ConfigError(f"pq_space {space!r} is not one of {', '.join(PQ_SPACES)}")
-    if (space == "dense") != (rotation is not None):
-        raise DataError(f"gallery index: pq_space={space!r} " + ("needs an OPQ rotation" if space == "dense"
-                        else "takes no rotation"), fix="rebuild the index")
-    return space
-
-
-def _checked_arrays(n: int, dense: Any, codes: Any, pq_codes: Any, codebooks: Any,
-                    reciprocal: Any, check_values: bool, pq_space: str = "hash") -> tuple:
-    """Validate shapes and dtypes against ``n`` ids; return storage-typed arrays.
-    ``pq_space``: what the codebooks cover (see :meth:`GalleryIndex.from_arrays`)."""
-    # asanyarray keeps np.memmap arrays memory-mapped.
+def _checked_arrays(n: int, dense: Any, codes: Any, pq_codes: Any, hash: Any, reciprocal: Any,
+                    quantizer: Quantizer, check_values: bool) -> tuple:
+    """Validate shapes and dtypes against ``n`` ids and the quantizer; return storage-typed
+    arrays (``dense``/``reciprocal`` float16, ``hash`` float32; float16 input is kept
+    without a copy, memory maps stay mapped)."""
     dense, codes, pq_codes = np.asanyarray(dense), np.asanyarray(codes), np.asanyarray(pq_codes)
-    codebooks = np.asanyarray(codebooks)
 
     def need(ok: bool, message: str) -> None:
         if not ok:
@@ -304,23 +305,23 @@ def _checked_arrays(n: int, dense: Any, codes: Any, pq_codes: Any, codebooks: An
     need(codes.ndim == 2 and codes.shape[0] == n and codes.shape[1] > 0,
          f"codes must be (n_items={n}, n_bits/8), got {codes.shape}")
     need(codes.dtype == np.uint8, f"codes must be packed uint8, got {codes.dtype}")
-    need(codebooks.ndim == 3, f"codebooks must be (n_codebooks, codebook_size, sub_dim), got {codebooks.shape}")
-    n_codebooks, codebook_size, sub_dim = codebooks.shape
-    if pq_space == "residual":
-        need(sub_dim == dense.shape[1], f"residual codebooks hold {sub_dim}-d codewords but the dense "
-             f"vectors have {dense.shape[1]} dims")
-    else:
-        covered, what = (dense.shape[1], "dense dims") if pq_space == "dense" else (codes.shape[1] * 8, "bits")
-        need(n_codebooks * sub_dim == covered,
-             f"codebooks cover {n_codebooks} x {sub_dim} dims but the quantized vectors have {covered} {what}")
-    need(pq_codes.ndim == 2 and pq_codes.shape == (n, n_codebooks),
-         f"pq_codes must be (n_items={n}, n_codebooks={n_codebooks}), got {pq_codes.shape}")
+    read_dim = {"hash": codes.shape[1] * 8, "dense": dense.shape[1]}[quantizer.reads]
+    need(quantizer.dim == read_dim, f"the {quantizer.space} quantizer reads {quantizer.dim}-d {quantizer.reads} "
+         f"vectors but the items have {read_dim}")
+    need(pq_codes.ndim == 2 and pq_codes.shape == (n, quantizer.n_codebooks),
+         f"pq_codes must be (n_items={n}, n_codebooks={quantizer.n_codebooks}), got {pq_codes.shape}")
     need(np.issubdtype(pq_codes.dtype, np.integer), f"pq_codes must be integers, got {pq_codes.dtype}")
     if check_values and n:
-        need(int(pq_codes.min()) >= 0 and int(pq_codes.max()) < codebook_size,
-             f"pq_codes must lie in 0..{codebook_size - 1}")
-    if codebook_size <= 256 and pq_codes.dtype != np.uint8:
-        pq_codes = pq_codes.astype(np.uint8)
+        need(int(pq_codes.min()) >= 0 and int(pq_codes.max()) < quantizer.codebook_size,
+             f"pq_codes must lie in 0..{quantizer.codebook_size - 1}")
+    if pq_codes.dtype != quantizer.code_dtype:
+        pq_codes = pq_codes.astype(quantizer.code_dtype)
+    if hash is not None:
+        hash = np.asanyarray(hash)
+        need(hash.shape == (n, codes.shape[1] * 8), f"hash must be (n_items={n}, n_bits={codes.shape[1] * 8}), "
+             f"got {hash.shape}")
+        if hash.dtype != np.float32:
+            hash = hash.astype(np.float32)
     if reciprocal is not None:
         reciprocal = np.asanyarray(reciprocal)
         need(reciprocal.ndim == 2 and reciprocal.shape[0] == n,
@@ -333,20 +334,7 @@ def _checked_arrays(n: int, dense: Any, codes: Any, pq_codes: Any, codebooks: An
                  "reciprocal rows must be sorted in descending order")
     if dense.dtype != np.float16:
         dense = dense.astype(np.float16)
-    if codebooks.dtype != np.float32:
-        codebooks = codebooks.astype(np.float32)
-    return dense, codes, pq_codes, codebooks, reciprocal
-
-
-def _checked_rotation(rotation: Any, dim: int) -> np.ndarray | None:
-    """A dense-space index's OPQ rotation as float32 (dim, dim), or None."""
-    if rotation is None:
-        return None
-    rotation = np.asanyarray(rotation)
-    if rotation.shape != (dim, dim) or not np.issubdtype(rotation.dtype, np.floating):
-        raise DataError(f"gallery index: rotation must be float (dim={dim}, dim), got "
-                        f"{rotation.shape} {rotation.dtype}", fix="rebuild the index")
-    return rotation if rotation.dtype == np.float32 else rotation.astype(np.float32)
+    return dense, codes, pq_codes, hash, reciprocal
 
 
 # ------------------------------------------------------------------ building
@@ -371,109 +359,73 @@ def model_fingerprint(model: "MEETModel") -> str:
     return checkpoint_fingerprint(model.folder) if model.folder is not None else ""
 
 
-def build_pair(model: "MEETModel", images: Any, image_ids: Sequence[Any] | None = None,
-               captions: Sequence[str] | None = None, caption_ids: Sequence[Any] | None = None,
-               reciprocal_k: int | None = None, progress: Progress | None = None,
-               batch_size: int = 256, pq_space: str | None = None) -> tuple[GalleryIndex, GalleryIndex]:
-    """Encode images and captions once and index both: ``(image_index, text_index)``.
+def build_settings(model: "MEETModel", cascade: CascadeConfig | None = None) -> dict[str, Any]:
+    """Everything besides the checkpoint and the items that changes an index this model
+    builds: the build-time cascade fields and the seed and k-means iterations the dense
+    quantizers are fitted with. Caches key on it."""
+    cascade = cascade or model.cfg.cascade
+    return {**{name: getattr(cascade, name) for name in BUILD_FIELDS},
+            "seed": model.cfg.train.seed, "kmeans_iters": model.cfg.train.kmeans_iters}
 
-    ``images``: PIL images / paths (or feature arrays for precomp models), or an
-    :class:`~meet.data.dataset.ImageTextDataset` (then ``image_ids``, ``captions`` and
-    ``caption_ids`` default to the data set's file names, captions and ``str(sentid)``).
-    ``reciprocal_k`` (default ``cfg.cascade.reciprocal_k``; 0 = none): how many top scores
-    each item keeps against the other side. ``pq_space`` (default ``cfg.cascade.pq_space``):
-    ``"hash"`` or ``"dense"`` (see :class:`GalleryIndex`). ``progress(done, total, message)``;
-    when None and the pair has >= :data:`PROGRESS_BAR_ITEMS` items, a tqdm bar is shown.
+
+def build_pair(model: "MEETModel", images: "Encoded", texts: "Encoded", image_ids: Sequence[Any],
+               caption_ids: Sequence[Any], *, cascade: CascadeConfig | None = None, keep_hash: bool = False,
+               meta: dict | None = None, progress: Progress | None = None) -> tuple[GalleryIndex, GalleryIndex]:
+    """Index encoded images and captions (``model.encode_dataset`` / ``encode_images`` /
+    ``encode_texts``): ``(image_index, text_index)``.
+
+    ``cascade`` (default: the model's ``cfg.cascade``) sets what the build fixes
+    (:data:`BUILD_FIELDS`): ``pq_space`` picks the quantizer (:func:`meet.search.quantizers.
+    gallery_quantizer`: the model's codebooks, or fitted on each side's own vectors), and
+    each item keeps its top ``reciprocal_k`` scores against the other side (0 = none;
+    exact faiss k-NN on the stored float16 vectors, two products of the image x caption
+    matrix: roughly 20-30 min for 100k images x 500k captions at dim 256 on 2 cores).
+    ``keep_hash`` stores the hash features too. ``progress(done, total, message)``.
     """
-    from meet.data.dataset import ImageTextDataset
-
-    dataset = images if isinstance(images, ImageTextDataset) else None
-    if dataset is not None:
-        image_ids = list(dataset.image_ids) if image_ids is None else image_ids
-        captions = dataset.captions if captions is None else captions
-        caption_ids = [str(c) for c in dataset.caption_ids] if caption_ids is None else caption_ids
-    if image_ids is None or captions is None or caption_ids is None:
-        raise DataError("build_pair needs image_ids, captions and caption_ids (or a data set)")
-    n_images, n_captions = (dataset.n_images if dataset is not None else len(images)), len(captions)
-    if len(image_ids) != n_images or len(caption_ids) != n_captions:
-        raise DataError(f"{n_images} images with {len(image_ids)} ids, {n_captions} captions with "
+    cascade = cascade or model.cfg.cascade
+    if len(image_ids) != len(images) or len(caption_ids) != len(texts):
+        raise DataError(f"{len(images)} images with {len(image_ids)} ids, {len(texts)} captions with "
                         f"{len(caption_ids)} ids", fix="pass one id per item")
-    for pq in (model.model.image_pq, model.model.text_pq):
-        if not pq.is_fitted:
-            raise CheckpointError("the checkpoint's product quantizers are not fitted",
-                                  fix="use a trained checkpoint (training fits them each epoch)")
-    report, close = progress_reporter(progress, n_images + n_captions)
-    try:
-        if dataset is not None:
-            batches = (dataset.images(range(s, min(s + batch_size, n_images)))
-                       for s in range(0, n_images, batch_size))
-            enc_images = model.encode_image_batches(batches, n_images, batch_size,
-                                                    progress=lambda d, t: report(d, t, "encoding images"))
-        else:
-            enc_images = model.encode_images(images, batch_size=batch_size,
-                                             progress=lambda d, t: report(d, t, "encoding images"))
-        enc_texts = model.encode_texts(list(captions), batch_size=batch_size * 4,
-                                       progress=lambda d, t: report(d, t, "encoding captions"))
-        k = model.cfg.cascade.reciprocal_k if reciprocal_k is None else int(reciprocal_k)
-        space = model.cfg.cascade.pq_space if pq_space is None else pq_space
-        meta = {"checkpoint": str(model.folder) if model.folder else "", "preset": model.cfg.preset,
-                "n_images": n_images, "n_captions": n_captions, "reciprocal_k": k,
-                "dataset": f"{dataset.name}/{dataset.split}" if dataset is not None else ""}
-        return pair_from_encoded(model, enc_images, enc_texts, image_ids, caption_ids, k, meta,
-                                 progress=lambda d, t: report(d, t, "reciprocal top-k scores"),
-                                 pq_space=space)
-    finally:
-        close()
-
-
-def pair_from_encoded(model: "MEETModel", images: "Encoded", texts: "Encoded",
-                      image_ids: Sequence[Any], caption_ids: Sequence[Any], reciprocal_k: int,
-                      meta: dict | None = None,
-                      progress: Callable[[int, int], None] | None = None,
-                      pq_space: str = "hash") -> tuple[GalleryIndex, GalleryIndex]:
-    """Index already-encoded images and captions: ``(image_index, text_index)``, each item
-    keeping its top ``reciprocal_k`` scores against the other side (0 = none); ``pq_space``
-    ``"dense"`` fits each side's OPQ rotation and codebooks on its own dense vectors,
-    ``"residual"`` its residual codebooks. Shared by :func:`build_pair` and evaluation,
-    which has its encodings already."""
-    if pq_space not in PQ_SPACES:
-        raise ConfigError(f"pq_space {pq_space!r} is not one of {', '.join(PQ_SPACES)}")
+    cfg = dataclasses.replace(model.cfg, cascade=cascade)
     image_rec = text_rec = None
-    if reciprocal_k > 0 and len(images) and len(texts):
-        image_rec, text_rec = reciprocal_scores(images.dense.astype(np.float16),
-                                                texts.dense.astype(np.float16),
-                                                reciprocal_k, reciprocal_k, progress=progress)
+    if cascade.reciprocal_k > 0 and len(images) and len(texts):
+        report = (lambda d, t: progress(d, t, "reciprocal top-k scores")) if progress else None
+        image_rec, text_rec = reciprocal_scores(images.dense.astype(np.float16), texts.dense.astype(np.float16),
+                                                cascade.reciprocal_k, cascade.reciprocal_k, progress=report)
     fingerprint = model_fingerprint(model)
-    meta = {**(meta or {}), "pq_space": pq_space}
-    if pq_space == "residual":
-        meta["pq_beam_size"] = int(model.cfg.cascade.pq_beam_size)
+    meta = {**(meta or {}), "checkpoint": str(model.folder or ""), "preset": model.cfg.preset,
+            "n_images": len(images), "n_captions": len(texts), "build": build_settings(model, cascade)}
     sides = []
-    for side, ids, enc, pq, rec in (("image", image_ids, images, model.model.image_pq, image_rec),
-                                    ("text", caption_ids, texts, model.model.text_pq, text_rec)):
-        pq_codes, codebooks, rotation = enc.pq_codes, pq.codebooks.detach().cpu().numpy(), None
-        if pq_space != "hash":
-            pq_codes, codebooks, rotation = _dense_quantization(model, enc.dense, pq_space)
-        sides.append(GalleryIndex.from_arrays(side, ids, enc.dense, enc.codes, pq_codes, codebooks,
-                                              rec, fingerprint, meta, rotation=rotation, pq_space=pq_space))
+    for side, ids, items, rec in (("image", image_ids, images, image_rec), ("text", caption_ids, texts, text_rec)):
+        quantizer = gallery_quantizer(model, side, items, cfg)
+        sides.append(GalleryIndex(side, ids, items.dense, items.codes, quantizer.encode(quantizer.source(items)),
+                                  quantizer, hash=items.hash if keep_hash else None, reciprocal=rec,
+                                  fingerprint=fingerprint, cascade=cascade, meta=meta))
     return sides[0], sides[1]
 
 
-def _dense_quantization(model: "MEETModel", dense: np.ndarray, pq_space: str
-                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """``(pq_codes, codebooks, rotation or None)`` of one side's dense vectors
-    (:mod:`meet.dense_pq`), with the checkpoint's codebook shape and fitting settings."""
-    from meet.dense_pq import encode_dense_pq, encode_residual, fit_dense_pq, fit_residual
+def save_pair(folder: str | Path, images: GalleryIndex, texts: GalleryIndex) -> Path:
+    """Write both sides to ``folder/image`` and ``folder/text`` as one atomic step."""
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()) and not (folder / "image").is_dir():
+        raise DataError(f"refusing to overwrite {folder}: it exists and is not a saved index pair",
+                        fix="save the pair to a new or empty folder")
+    with atomic_folder(folder) as tmp:
+        images.save(tmp / "image")
+        texts.save(tmp / "text")
+    return folder
 
-    cfg = model.cfg
-    if pq_space == "residual":
-        beam = cfg.cascade.pq_beam_size
-        codebooks = fit_residual(dense, cfg.model.n_codebooks, cfg.model.codebook_size,
-                                 cfg.cascade.pq_fit_items, beam, seed=cfg.train.seed)
-        return encode_residual(dense, codebooks, beam), codebooks, None
-    rotation, codebooks = fit_dense_pq(dense, cfg.model.n_codebooks, cfg.model.codebook_size,
-                                       cfg.cascade.pq_fit_items, seed=cfg.train.seed,
-                                       n_iter=cfg.train.kmeans_iters)
-    return encode_dense_pq(dense, rotation, codebooks), codebooks, rotation
+
+def load_pair(folder: str | Path, fingerprint: str | None = None, mmap: bool = True,
+              verify: bool = True) -> tuple[GalleryIndex, GalleryIndex]:
+    """``(image_index, text_index)`` saved by :func:`save_pair` (see :meth:`GalleryIndex.load`)."""
+    folder = Path(folder)
+    images = GalleryIndex.load(folder / "image", fingerprint, mmap, verify)
+    texts = GalleryIndex.load(folder / "text", fingerprint, mmap, verify)
+    if images.side != "image" or texts.side != "text":
+        raise DataError(f"{folder} holds sides {images.side!r} and {texts.side!r}, not image and text",
+                        fix="rebuild the pair")
+    return images, texts
 
 
 def progress_reporter(progress: Progress | None, total_items: int) -> tuple[Progress, Callable[[], None]]:

@@ -1,4 +1,5 @@
-"""Stage II, step 3: the dense re-rank of the filtered candidates, and MEET's reweighting.
+"""Stage II, step 3: the dense re-rank of the filtered candidates, MEET's reweighting, and
+the reciprocal top-k scores its complementarity term reads.
 
 For one query with dense embedding ``u`` (L2-normalised, float32) and its candidate set
 ``C`` (the quantization filter's survivors, stored rows ``x_j`` in float16):
@@ -41,12 +42,13 @@ complementarity term is off (``rank_j = -1``, ``comp_j = 0``; no re-sort).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 
 from meet.config import CascadeConfig
-from meet.filters import CACHE_CHUNK, stable_top
+from meet.search.topk import CACHE_CHUNK, stable_top
 
 NOT_CONSULTED = -1
 """``rank_j`` of a candidate whose reciprocal ranking was not consulted."""
@@ -246,3 +248,65 @@ def _pack(order, final, scores, attention, agreement, comp_ranks, comp) -> Reran
     return Rerank(order=order.numpy(), final=final.numpy(), dense=scores.numpy(),
                   attention=as_np(attention), consistency=as_np(agreement),
                   comp_ranks=comp_ranks.numpy(), complementarity=comp.numpy())
+
+
+def dense_block_scorer(query_dense: torch.Tensor, dense: np.ndarray) -> Callable[[int, int], torch.Tensor]:
+    """Inner products of float32 queries (n_queries, d) with stored rows ``dense[start:stop]``
+    (the exhaustive ``dense`` mode, streamed by :func:`meet.search.topk.stream_topk`)."""
+    return lambda start, stop: query_dense @ torch.from_numpy(np.asarray(dense[start:stop], np.float32)).T
+
+
+# ------------------------------------------------------------------ reciprocal top-k scores
+# MEET's complementarity term asks, for a candidate j, where the query would fall in j's own
+# ranking of the other modality. An index stores, per item, its top-k scores against the
+# whole other gallery; each direction is one exact faiss k-NN search by inner product
+# (``faiss.knn``: blocked BLAS products plus a heap that rejects a score with one comparison
+# once full). That is two products of the image-caption matrix, yet measured 1.7x faster
+# than one product followed by ``torch.topk`` along both axes, whose partial sorts cost
+# about as much as the product each.
+
+QUERY_BLOCK = 8192
+"""Rows searched per faiss call (bounds its result buffers; one progress step each)."""
+
+
+def reciprocal_scores(rows16: np.ndarray, cols16: np.ndarray, k_rows: int, k_cols: int,
+                      progress: Callable[[int, int], None] | None = None
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Top-k scores of ``S = rows16 @ cols16.T`` along both axes.
+
+    ``rows16`` (n_rows, dim), ``cols16`` (n_cols, dim): the stored float16 vectors (the
+    products are taken in float32 on their exact values, as the search does). Returns
+    (n_rows, min(k_rows, n_cols)) and, if ``k_cols > 0``, (n_cols, min(k_cols, n_rows))
+    float16 scores sorted descending. ``progress(done, total)`` counts searched rows of
+    both directions.
+    """
+    rows = np.ascontiguousarray(np.asarray(rows16, np.float16), dtype=np.float32)
+    cols = np.ascontiguousarray(np.asarray(cols16, np.float16), dtype=np.float32)
+    total = rows.shape[0] + (cols.shape[0] if k_cols > 0 else 0)
+    done = [0]
+
+    def step(n: int) -> None:
+        done[0] += n
+        if progress is not None:
+            progress(done[0], total)
+
+    row_out = _top_scores(rows, cols, k_rows, step)
+    col_out = _top_scores(cols, rows, k_cols, step) if k_cols > 0 else None
+    return row_out, col_out
+
+
+def _top_scores(queries: np.ndarray, base: np.ndarray, k: int, step: Callable[[int], None]) -> np.ndarray:
+    """(n_queries, min(k, n_base)) float16: each query's k best inner products, descending."""
+    import faiss  # lazy: heavy
+
+    k = min(k, base.shape[0])
+    out = np.empty((queries.shape[0], k), np.float16)
+    if k == 0:
+        step(queries.shape[0])
+        return out
+    for start in range(0, queries.shape[0], QUERY_BLOCK):
+        block = queries[start:start + QUERY_BLOCK]
+        scores, _ = faiss.knn(block, base, k, metric=faiss.METRIC_INNER_PRODUCT)
+        out[start:start + block.shape[0]] = scores
+        step(block.shape[0])
+    return out

@@ -2,18 +2,20 @@
 
 ::
 
-    FOLDER/index.json        format, side, ids, fingerprint, meta, and per array:
-                             file, shape, dtype, bytes, sha256
+    FOLDER/index.json        format, side, ids, fingerprint, cascade, quantizer (space,
+                             settings), meta, and per array: file, shape, dtype, bytes, sha256
     FOLDER/dense.npy         (n, dim) float16
     FOLDER/codes.npy         (n, n_bits / 8) uint8
-    FOLDER/pq_codes.npy      (n, n_codebooks) uint8
-    FOLDER/codebooks.npy     (n_codebooks, codebook_size, sub_dim) float32
+    FOLDER/pq_codes.npy      (n, n_codebooks) uint8 (uint16 above 256 codewords)
+    FOLDER/codebooks.npy     the quantizer's codebooks, float32
+    FOLDER/rotation.npy      (dim, dim) float32, OPQ (pq_space "dense") only
+    FOLDER/hash.npy          (n, n_bits) float32 hash features, only when kept
     FOLDER/reciprocal.npy    (n, k) float16, only when present
 
 Arrays are written with ``np.save(allow_pickle=False)`` and read back with
 ``allow_pickle=False`` (memory-mapped on request). The folder is written under a
-temporary name and renamed into place, so a crash leaves either the old index or the new
-one, never a mix. Loading checks each file's size and (by default) its sha256, naming the
+temporary name, flushed and renamed into place, so a crash leaves either the old index or
+the new one, never a mix. Loading checks each file's size and (by default) its sha256, naming the
 file that does not match.
 """
 
@@ -21,14 +23,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from meet.cli import atomic_folder
 from meet.errors import DataError
 
 FORMAT = "meet-gallery-index-1"
@@ -45,52 +45,23 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def write_index_folder(folder: Path, arrays: dict[str, np.ndarray], header: dict[str, Any]) -> Path:
-    """Write ``arrays`` (name -> array) and ``header`` to ``folder`` atomically."""
+    """Write ``arrays`` (name -> array) and ``header`` to ``folder`` atomically
+    (:func:`meet.cli.atomic_folder`: a crash leaves the old index or the new one)."""
     folder = Path(folder)
     if folder.exists() and not (folder / HEADER).is_file() and any(folder.iterdir()):
         raise DataError(f"refusing to overwrite {folder}: it exists and is not a gallery index",
                         fix="save the index to a new or empty folder")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp = folder.with_name(f".tmp-{folder.name}-{tag}")
-    tmp.mkdir()
-    try:
+    with atomic_folder(folder) as tmp:
         manifest = {}
         for name, array in arrays.items():
             path = tmp / f"{name}.npy"
             with open(path, "wb") as f:
                 np.save(f, np.asarray(array), allow_pickle=False)
-                f.flush()
-                os.fsync(f.fileno())
             manifest[name] = {"file": path.name, "shape": list(array.shape), "dtype": str(array.dtype),
                               "bytes": path.stat().st_size, "sha256": sha256_file(path)}
-        document = dict(header, format=FORMAT, arrays=manifest)
-        with open(tmp / HEADER, "w") as f:
-            json.dump(document, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        _swap_into_place(tmp, folder, tag)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (tmp / HEADER).write_text(json.dumps(dict(header, format=FORMAT, arrays=manifest), indent=1,
+                                             sort_keys=True))
     return folder
-
-
-def _swap_into_place(tmp: Path, folder: Path, tag: str) -> None:
-    """Rename ``tmp`` to ``folder``; an existing ``folder`` is moved aside first and
-    restored if the rename fails."""
-    old = None
-    if folder.exists():
-        old = folder.with_name(f".old-{folder.name}-{tag}")
-        os.rename(folder, old)
-    try:
-        os.rename(tmp, folder)
-    except BaseException:
-        if old is not None:
-            os.rename(old, folder)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def read_header(folder: Path) -> dict[str, Any]:
@@ -98,7 +69,7 @@ def read_header(folder: Path) -> dict[str, Any]:
     path = Path(folder) / HEADER
     if not path.is_file():
         raise DataError(f"{path} not found: {folder} is not a saved gallery index",
-                        fix="build one with meet.index.build_pair(...) and save(folder)")
+                        fix="build one with meet.search.build_pair(...) and save(folder)")
     try:
         header = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -22,7 +22,7 @@ class StageTrace:
     ``hamming``: ``n_bits - 2 * distance`` (the +-1 code inner product), or ``<h, b>`` with
     ``CascadeConfig.hamming_scores="asymmetric"``;
     ``pq``: the ADC inner product; ``rerank``: the final score (see
-    :mod:`meet.reweighting`); ``dense`` / ``hash`` / ``pq`` alone (exhaustive modes):
+    :mod:`meet.search.rerank`); ``dense`` / ``hash`` / ``pq`` alone (exhaustive modes):
     that mode's score over the whole gallery, top k only.
     """
 
