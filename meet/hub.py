@@ -302,7 +302,8 @@ def push(run: str | Path, repo: str, revision: str | None = None, private: bool 
     operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path)) for name, path in files.items()]
     operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode("utf-8")))
     try:
-        api.create_repo(spec.repo_id, private=private, exist_ok=True)
+        # private=None, not False: a new repo then gets the namespace's default visibility
+        api.create_repo(spec.repo_id, private=True if private else None, exist_ok=True)
         if revision and revision != "main":
             api.create_branch(spec.repo_id, branch=revision, exist_ok=True)
         return api.create_commit(spec.repo_id, operations=operations, revision=revision,
