@@ -22,7 +22,8 @@ class AppSettings:
     """How the app starts and what it accepts."""
 
     checkpoint: str = str(REPO_ROOT / "assets" / "shapes-demo")
-    """Checkpoint folder (or a training run folder: its best checkpoint)."""
+    """Checkpoint folder (or a training run folder: its best checkpoint), or a Hugging Face
+    Hub repo id ``org/name[@revision]`` (downloaded into the Hub cache; see meet.hub)."""
     data: str = ""
     """Gallery: a Karpathy-JSON data set or a plain folder of images. Empty: the Shapes
     test split (1,000 images, 5,000 captions), generated from its seed into the cache."""
@@ -93,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python app.py", description="MEET Studio: search images and captions with MEET and "
         "see where its redundancy goes. Flags override the MEET_* environment variables.")
-    parser.add_argument("--checkpoint", help="checkpoint or training run folder (MEET_CHECKPOINT)")
+    parser.add_argument("--checkpoint", help="checkpoint or training run folder, or a Hub repo id "
+                        "org/name[@revision] (MEET_CHECKPOINT)")
     parser.add_argument("--data", help="Karpathy-JSON data set or image folder (MEET_DATA); "
                         "default: the Shapes test split")
     parser.add_argument("--captions", help="filename<TAB>caption file for an image folder (MEET_CAPTIONS)")

@@ -3,7 +3,7 @@
 The public entry point is :func:`load`::
 
     import meet
-    model = meet.load("assets/shapes-demo")          # or a training run folder
+    model = meet.load("assets/shapes-demo")          # or a training run folder, or "org/name[@rev]" on the Hub
     out = model.encode_texts(["a red circle"])        # .dense .hash .codes .pq_codes
 """
 
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 
 def load(path: Any, device: str | None = None) -> "MEETModel":
-    """Load a checkpoint or run folder; see :func:`meet.inference.load`.
+    """Load a checkpoint or run folder, or a Hub repo id; see :func:`meet.inference.load`.
 
     Imported lazily so ``import meet`` stays cheap and has no side effects.
     """

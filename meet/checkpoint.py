@@ -90,11 +90,18 @@ def save_checkpoint(model: MEET, cfg: MEETConfig, folder: Path,
 
 
 def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
-    """A checkpoint folder from either a checkpoint folder or a training run folder."""
-    path = Path(path)
+    """A checkpoint folder from either a checkpoint folder or a training run folder, or,
+    for a missing path that reads as a Hub repo id ``org/name[@revision]``, the checkpoint
+    downloaded from the Hub (:func:`meet.hub.resolve`; an existing local path always wins)."""
+    spec, path = path, Path(path)
     if not path.exists():
+        from meet import hub  # lazy: huggingface_hub is only imported for a Hub id
+
+        if hub.parse_spec(spec) is not None:
+            return hub.resolve(spec)
         raise CheckpointError(f"checkpoint not found: {path}",
-                              fix="pass a checkpoint folder or a training run folder")
+                              fix="pass a checkpoint folder, a training run folder or a Hub repo id "
+                                  "org/name[@revision]")
     if (path / "model.safetensors").is_file():
         return path
     pointer = path / POINTER

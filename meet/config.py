@@ -303,8 +303,8 @@ class MEETConfig:
         or a typo, must not be silently half-applied)."""
         if not isinstance(data, dict):
             raise ConfigError("config must be a JSON object", fix="check config.json")
-        known = {**SECTIONS, "preset": None, "hash_refit": None}
-        unknown = set(data) - set(known)
+        known = {name: SECTIONS.get(name) for name in CONFIG_KEYS}
+        unknown = set(data) - CONFIG_KEYS
         if unknown:
             raise ConfigError(f"unknown config section(s) {sorted(unknown)}",
                               fix="remove them; sections are model, loss, train, cascade, hash_refit")
@@ -449,6 +449,8 @@ def _has_type(value: Any, expected: type) -> bool:
 SECTIONS: dict[str, type] = {"model": ModelConfig, "loss": LossConfig, "train": TrainConfig,
                              "cascade": CascadeConfig}
 """The sections whose fields are training flags (``hash_refit`` is a record, not flags)."""
+CONFIG_KEYS = frozenset({*SECTIONS, "preset", "hash_refit"})
+"""Every top-level key a ``config.json`` may hold."""
 
 
 def field_index() -> dict[str, str]:

@@ -30,3 +30,7 @@ class ImageError(DataError):
 
 class CheckpointError(MEETError):
     """A checkpoint is missing, truncated, or does not match its config."""
+
+
+class HubError(MEETError):
+    """The Hugging Face Hub refused a request (token, permission) or could not be reached."""

@@ -218,7 +218,8 @@ class MEETModel:
 
 
 def load(path: str | Path, device: str | None = None) -> MEETModel:
-    """Load a checkpoint folder or a training run folder (its best checkpoint).
+    """Load a checkpoint folder or a training run folder (its best checkpoint), or a Hub
+    repo id ``org/name[@revision]`` when no such local path exists (:mod:`meet.hub`).
 
     ``device``: None/"auto" picks CUDA when available, else CPU.
     """
