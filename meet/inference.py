@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from meet.checkpoint import load_checkpoint
-from meet.config import MEETConfig
+from meet.config import MEETConfig, takes_region_features
 from meet.data.images import open_image
 from meet.errors import ConfigError, DataError
 from meet.model import MEET
@@ -73,7 +73,7 @@ class MEETModel:
     @property
     def kind(self) -> str:
         """``precomp`` models take feature arrays; the others take images."""
-        return "precomp" if self.cfg.model.image_encoder == "precomp" else "raw"
+        return "precomp" if takes_region_features(self.cfg.model) else "raw"
 
     def encode_images(self, images: Sequence[Any], batch_size: int = 256,
                       progress: Callable[[int, int], None] | None = None) -> Encoded:
@@ -160,6 +160,10 @@ class MEETModel:
         ``meet.hash_refit``, which changes the heads and keeps the encoders."""
         if side not in ("image", "text"):
             raise ConfigError(f"side {side!r} is neither 'image' nor 'text'")
+        if self.cfg.model.reranker:
+            raise ConfigError(f"this model's dense embedding comes from its {self.cfg.model.reranker} "
+                              "reranker, not from the embedding its hash heads read",
+                              fix="encode the items with encode_images/encode_texts instead")
         start = time.perf_counter()
         head = self.model.image_hash if side == "image" else self.model.text_hash
         dense_t = torch.as_tensor(np.asarray(dense, dtype=np.float32))
