@@ -81,7 +81,7 @@ def convert_release(checkpoint: str | Path, out: str | Path, bert: str | Path | 
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             lines = [line.strip() for line in str(exc).splitlines()[1:4]]
-            raise CheckpointError("shape mismatch between the release files and the model they describe: "
+            raise CheckpointError("the release files do not match the model they describe: "
                                   + " ".join(lines)[:600],
                                   fix="pass the --bert folder / --vocab file the checkpoint was trained with, "
                                       "and an undamaged checkpoint") from exc

@@ -147,10 +147,15 @@ def punkt_english_tables() -> dict[str, Any]:
             "sent_starters": set(english.SENT_STARTERS), "ortho_context": dict(english.ORTHO_CONTEXT)}
 
 
+def sent_tokenize(text: str) -> list[str]:
+    """``nltk.tokenize.sent_tokenize(text)`` (English) without NLTK's downloaded data."""
+    return _nltk_tokenizers()[0].tokenize(text)
+
+
 def word_tokenize(text: str) -> list[str]:
     """``nltk.tokenize.word_tokenize(text)`` (English) without NLTK's downloaded data."""
-    sentences, words = _nltk_tokenizers()
-    return [token for sentence in sentences.tokenize(text) for token in words.tokenize(sentence)]
+    words = _nltk_tokenizers()[1]
+    return [token for sentence in sent_tokenize(text) for token in words.tokenize(sentence)]
 
 
 def release_caption_text(caption: str, bytes_repr: bool) -> str:
