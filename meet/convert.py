@@ -229,8 +229,8 @@ def convert_into_cache(checkpoint: str | Path, bert: str | Path | None = None, v
     """The converted folder for these release files, converting only the first time.
 
     The folder is named by a hash of the inputs' contents (the files' sha256, the BERT
-    folder's ``config.json``, ``vocab.txt`` and ``tokenizer_config.json``) and of :data:`CACHE_FORMAT`, so changed inputs
-    never reuse a stale conversion. What ``meet.load(release_file, bert=..., vocab=...,
+    folder's ``config.json``, ``vocab.txt`` and ``tokenizer_config.json``) and of
+    :data:`CACHE_FORMAT`, so changed inputs never reuse a stale conversion. What ``meet.load(release_file, bert=..., vocab=...,
     reranker=...)`` and ``app.py --checkpoint release_file`` are meant to call.
     """
     from meet.release import sha256_of
@@ -256,7 +256,8 @@ def convert_into_cache(checkpoint: str | Path, bert: str | Path | None = None, v
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m meet.convert", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="release")
-    release = commands.add_parser("release", help="the MEET release's model_best.pth.tar (+ ESA) -> a checkpoint folder")
+    release = commands.add_parser("release",
+                                  help="the MEET release's model_best.pth.tar (+ ESA) -> a checkpoint folder")
     release.add_argument("--checkpoint", required=True, type=Path, help="MEET release model_best.pth.tar")
     release.add_argument("--bert", type=Path, default=None, help="bert-base-uncased folder (BERT variant)")
     release.add_argument("--vocab", type=Path, default=None, help="vocabulary JSON (BiGRU variant)")

@@ -20,6 +20,10 @@ encoder) and :func:`release_config` / :func:`release_state_dict` turn one MEET f
 optional ESA file) into a :class:`~meet.config.ModelConfig` and a state dict for
 :class:`meet.model.MEET` built with the ``release_*`` encoders: a plain key mapping, since
 the ported modules keep the release's parameter names.
+
+Verified on release-format files built from the release's code with random weights
+(``tests/test_release.py``); the released checkpoints themselves could not be downloaded
+where this was written.
 """
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ class MLP(nn.Module):
         super().__init__()
         inputs = [in_dim] + [hidden_dim] * (n_layers - 1)
         outputs = [hidden_dim] * (n_layers - 1) + [out_dim]
-        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(inputs, outputs))
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(inputs, outputs, strict=True))
         self.bns = nn.ModuleList(nn.BatchNorm1d(o) for o in outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

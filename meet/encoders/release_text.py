@@ -170,7 +170,8 @@ class WordVocab:
 
     def __init__(self, word2idx: dict[str, int], source: str = "vocabulary"):
         if not isinstance(word2idx, dict) or not word2idx:
-            raise ConfigError(f"{source} has no word2idx mapping", fix="pass the release's {coco,f30k}_precomp_vocab.json")
+            raise ConfigError(f"{source} has no word2idx mapping",
+                              fix="pass the release's {coco,f30k}_precomp_vocab.json")
         ids = sorted(word2idx.values()) if all(isinstance(i, int) and not isinstance(i, bool)
                                                for i in word2idx.values()) else None
         if ids != list(range(len(word2idx))) or not all(isinstance(w, str) for w in word2idx):

@@ -116,7 +116,8 @@ class ReleaseTextEncoder(nn.Module):
         """(dense, MEET's own embedding), each ``(batch, dim)``."""
         if input_ids.dim() != 2 or lengths.shape != input_ids.shape[:1]:
             raise DataError(f"expected input_ids (batch, len) and lengths (batch,), got "
-                            f"{tuple(input_ids.shape)} and {tuple(lengths.shape)}", fix="make the batch with tokenize()")
+                            f"{tuple(input_ids.shape)} and {tuple(lengths.shape)}",
+                            fix="make the batch with tokenize()")
         own = self.meet(input_ids, lengths)
         if self.esa is None:
             return own, own
