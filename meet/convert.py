@@ -90,6 +90,9 @@ def convert_release(checkpoint: str | Path, out: str | Path, bert: str | Path | 
         if out.is_dir():
             out.rmdir()  # empty (checked above): the rename below replaces it
         os.rename(folder, out)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the converted checkpoint to {out}: {exc}",
+                          fix="free disk space or choose a writable --out") from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
@@ -247,7 +250,7 @@ def convert_into_cache(checkpoint: str | Path, bert: str | Path | None = None, v
         return folder
     try:
         return convert_release(checkpoint, folder, bert=bert, vocab=vocab, reranker=reranker)
-    except OSError:
+    except MEETError:
         if (folder / "model.safetensors").is_file():  # another process converted it meanwhile
             return folder
         raise

@@ -154,6 +154,20 @@ def test_converted_model_matches_the_release(files, converted, nltk_reference, n
     assert np.abs(images.hash).max() < 1 and len(set(map(tuple, texts.pq_codes))) > 1  # not degenerate
 
 
+def test_region_counts(files, converted, nltk_reference):
+    """BERT variant: any count, one region (a ``(dim,)`` vector) included; BiGRU variant: its
+    VisualSA's count only, else a clear error."""
+    import meet
+    from meet.errors import DataError
+
+    regions = np.random.default_rng(2).standard_normal((3, 1, rf.IMG_DIM)).astype(np.float32)
+    model = meet.load(converted["bert"], device="cpu")
+    dense = reference_encodings(files, nltk_reference, "bert", regions, ["a"])[0]
+    np.testing.assert_allclose(model.encode_images(list(regions[:, 0])).dense, dense.numpy(), atol=1e-4)
+    with pytest.raises(DataError, match=f"exactly {rf.REGIONS} regions"):
+        meet.load(converted["bigru"], device="cpu").encode_images(regions)
+
+
 def test_bigru_caption_embedding_does_not_depend_on_its_batch(files, converted, nltk_reference):
     """Ours: a caption alone = the same caption in a padded batch. The release's own pooling
     is batch dependent (its mean word divides by the batch's longest caption)."""
