@@ -421,7 +421,7 @@ def _release_checks(m: ModelConfig) -> list[tuple[bool, str, str]]:
         (not release or m.image_encoder == m.text_encoder, "--image-encoder/--text-encoder",
          "the same release variant on both sides (release_bert or release_bigru)"),
         (m.reranker in RERANKERS, "--reranker", "empty, esa_bert or esa_bigru"),
-        (not m.reranker or (release and m.reranker == "esa_" + m.text_encoder.split("_")[1]),
+        (not m.reranker or (release and m.reranker == "esa_" + m.text_encoder.removeprefix("release_")),
          "--reranker", "an ESA model of the release model's own text encoder"),
         (m.hash_input_dim >= 0, "--hash-input-dim", "0 (= embed_dim) or a positive size"),
         (m.release_nhead > 0 and own_dim % m.release_nhead == 0, "--release-nhead",
