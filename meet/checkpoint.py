@@ -18,6 +18,7 @@ No pickle is ever read: weights go through safetensors, everything else is JSON.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import time
@@ -29,13 +30,24 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from meet.cli import atomic_folder, atomic_write_json
-from meet.config import MEETConfig, validate
+from meet.config import CONFIG_KEYS, MEETConfig, validate
 from meet.data.vocab import Vocabulary
 from meet.errors import CheckpointError, MEETError
 from meet.model import MEET, build_model
 
 POINTER = "checkpoint.json"
 _PQ_PREFIXES = ("image_pq.", "text_pq.")
+
+SAFE_PATTERNS = ("*.safetensors", "*.json", "*.jsonl", "*.txt", "*.md", "tokenizer.model",
+                 "*spiece.model", "*sentencepiece*.model")
+"""The files of a checkpoint that are ever shared or downloaded (meet.hub): weights as
+safetensors, configs, tokenizer and text files (sentencepiece ``.model`` files are
+protobuf, not pickle)."""
+PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt", "*.joblib", "*.npy", "*.npz")
+"""Formats that may hold pickles: never shared or downloaded, even if a safe pattern matched."""
+TRAINING_STATE = tuple(p for name in ("optimizer.safetensors", "optimizer.json", "trainer.json")
+                       for p in (name, f"*/{name}"))
+"""Resume state of a training checkpoint: not part of a published model."""
 
 FAULT_PAUSE_ENV = "MEET_FAULT_PAUSE_S"
 """Test hook, unset in normal use: seconds :func:`save_checkpoint` sleeps at two points
@@ -61,9 +73,11 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 def save_checkpoint(model: MEET, cfg: MEETConfig, folder: Path,
                     trainer_state: dict[str, Any] | None = None,
-                    optimizer: torch.optim.Optimizer | None = None) -> Path:
+                    optimizer: torch.optim.Optimizer | None = None,
+                    files: dict[str, str] | None = None) -> Path:
     """Write a complete checkpoint folder atomically (:func:`meet.cli.atomic_folder`:
-    flushed, then renamed into place); returns ``folder``."""
+    flushed, then renamed into place); returns ``folder``. ``files``: extra text files by
+    name (a model card ``README.md``), written inside the same atomic step."""
     folder = Path(folder)
     with atomic_folder(folder) as tmp:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -83,25 +97,43 @@ def save_checkpoint(model: MEET, cfg: MEETConfig, folder: Path,
             tensors, meta = _flatten_optimizer(optimizer)
             save_file(tensors, str(tmp / "optimizer.safetensors"))
             (tmp / "optimizer.json").write_text(json.dumps(meta))
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
         for path in tmp.rglob("*"):
             path.chmod(0o755 if path.is_dir() else 0o644)  # safetensors writes 0600
     _fault_pause()
     return folder
 
 
-def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
-    """A checkpoint folder from either a checkpoint folder or a training run folder, or,
-    for a missing path that reads as a Hub repo id ``org/name[@revision]``, the checkpoint
-    downloaded from the Hub (:func:`meet.hub.resolve`; an existing local path always wins)."""
-    spec, path = path, Path(path)
-    if not path.exists():
-        from meet import hub  # lazy: huggingface_hub is only imported for a Hub id
+def matches(name: str, patterns: Any) -> bool:
+    """Whether the POSIX path ``name`` matches any of the glob ``patterns``."""
+    return any(fnmatch.fnmatch(name, pattern) for pattern in patterns)
 
-        if hub.parse_spec(spec) is not None:
-            return hub.resolve(spec)
+
+def is_meet_checkpoint(folder: str | Path) -> bool:
+    """True for a MEET checkpoint folder: ``config.json`` made of MEET's sections (``model``
+    among them, and nothing else) beside ``model.safetensors`` and
+    ``codebooks.safetensors``. False for anything else, e.g. a transformers model, whose
+    config has ``model_type`` instead. Cheap: reads one small JSON file, no weights."""
+    folder = Path(folder)
+    if not ((folder / "model.safetensors").is_file() and (folder / "codebooks.safetensors").is_file()):
+        return False
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and isinstance(config.get("model"), dict) and set(config) <= CONFIG_KEYS
+
+
+def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
+    """A checkpoint folder from either a checkpoint folder or a training run folder (its
+    ``which`` checkpoint). Release files and Hub ids are located first by
+    :func:`meet.inference.locate`."""
+    path = Path(path)
+    if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}",
-                              fix="pass a checkpoint folder, a training run folder or a Hub repo id "
-                                  "org/name[@revision]")
+                              fix="pass a checkpoint folder, a training run folder, a MEET release file or a "
+                                  "Hub repo id org/name[@revision]")
     if (path / "model.safetensors").is_file():
         return path
     pointer = path / POINTER

@@ -22,8 +22,12 @@ from meet.errors import ConfigError
 
 # Every list of choices exists once, as a Literal type here; validation, the CLIs'
 # ``choices`` and the code that dispatches on a value all read it (``choices(...)``).
-ImageEncoder = Literal["precomp", "cnn", "hf"]
-TextEncoder = Literal["bigru", "bert"]
+ReleaseVariant = Literal["release_bert", "release_bigru"]
+"""The MEET release's two models (``at_bert/``, ``at/``), ported; built by ``meet.convert``."""
+ImageEncoder = Literal["precomp", "cnn", "hf", ReleaseVariant]
+TextEncoder = Literal["bigru", "bert", ReleaseVariant]
+Reranker = Literal["", "esa_bert", "esa_bigru"]
+"""The dense tower of a release model: none (MEET's own embedding) or an ESA model."""
 Ranking = Literal["hinge", "infonce"]
 CaptionSampling = Literal["all", "per_image"]
 HammingScores = Literal["symmetric", "asymmetric"]
@@ -80,6 +84,37 @@ class ModelConfig:
     """Tokens kept per caption (longer captions are truncated)."""
     vocab_size: int = 0
     """Filled from the vocabulary at build time; 0 means 'not built yet'."""
+
+    # --- The MEET release's architectures, ported (``python -m meet.convert release``) ---
+    # Written by :mod:`meet.convert` from the release checkpoint's ``opt`` and weight shapes;
+    # ignored by every other encoder. See :mod:`meet.encoders.release_towers`.
+    reranker: Reranker = ""
+    """Stage 3 dense scorer beside a release model's own towers: ``""`` (none: ``dense`` is
+    MEET's own global embedding), ``esa_bert`` or ``esa_bigru`` (an ESA model whose
+    embeddings become ``dense``; the hash heads still read MEET's own embedding)."""
+    hash_input_dim: int = 0
+    """Width of the embedding the hash heads read; 0 = ``embed_dim`` (the dense embedding
+    itself). A release model with a reranker sets it to MEET's own embedding size."""
+    release_nhead: int = 16
+    """``release_bert``: heads of the one-layer relation transformer (the release's ``opt.nhead``)."""
+    release_dropout: float = 0.1
+    """``release_bert``: that transformer's dropout (``opt.dropout``; inactive at inference)."""
+    release_residual_weight: float = 0.8
+    """``release_bert``: embedding = w * (max-2 pooling of the projected positions) + (1 - w) *
+    (mean of the transformer's outputs), before L2 norm (``opt.residual_weight``)."""
+    release_regions: int = 36
+    """``release_bigru``: regions per image; the release's VisualSA normalises each region slot
+    with its own BatchNorm statistics, so the count is part of the architecture."""
+    release_bytes_captions: bool = True
+    """``release_bigru``: tokenise ``str(caption.encode())`` (``"b'a dog.'"``) as the release's
+    data loader does (it reads captions as bytes and calls ``str()`` on them, so the model was
+    trained and evaluated on that form); False tokenises the plain caption."""
+    reranker_word_dim: int = 300
+    """``esa_bigru``: the reranker's word embedding size."""
+    reranker_gru_layers: int = 1
+    """``esa_bigru``: the reranker's stacked bidirectional GRU layers."""
+    reranker_vocab_size: int = 0
+    """``esa_bigru``: rows of the reranker's word embedding (the vocabulary plus ``<mask>``)."""
 
 
 @dataclass
@@ -333,8 +368,10 @@ def validate(cfg: MEETConfig) -> MEETConfig:
     """Reject values no run can use, naming the flag; returns ``cfg`` unchanged."""
     m, lo, t, c = cfg.model, cfg.loss, cfg.train, cfg.cascade
     checks = [
-        (m.image_encoder in choices(ImageEncoder), "--image-encoder", " or ".join(choices(ImageEncoder))),
-        (m.text_encoder in choices(TextEncoder), "--text-encoder", " or ".join(choices(TextEncoder))),
+        (m.image_encoder in choices(ImageEncoder), "--image-encoder",
+         "precomp, cnn or hf (release_bert/release_bigru come from meet.convert)"),
+        (m.text_encoder in choices(TextEncoder), "--text-encoder",
+         "bigru or bert (release_bert/release_bigru come from meet.convert)"),
         (m.embed_dim > 0, "--embed-dim", "a positive size"),
         (m.n_bits > 0 and m.n_bits % 8 == 0, "--n-bits", "a positive multiple of 8"),
         (m.n_codebooks > 0 and m.n_bits % max(m.n_codebooks, 1) == 0, "--n-codebooks",
@@ -377,6 +414,7 @@ def validate(cfg: MEETConfig) -> MEETConfig:
         (c.pq_beam_size >= 1, "--pq-beam-size", "at least 1"),
         (c.hamming_scores in choices(HammingScores), "--hamming-scores", " or ".join(choices(HammingScores))),
         (c.pq_fit_items >= 1, "--pq-fit-items", "at least 1"),
+        *_release_checks(m),
     ]
     if cfg.hash_refit is not None:
         validate_hash_refit(cfg.hash_refit)
@@ -413,6 +451,40 @@ def validate_hash_refit(cfg: HashRefitConfig) -> HashRefitConfig:
         if not ok:
             raise ConfigError(f"invalid value for {flag}", fix=f"expected {expected}")
     return cfg
+
+
+RELEASE_ENCODERS = choices(ReleaseVariant)
+"""Image/text towers ported from the MEET release (both sides name the same variant)."""
+RERANKERS = choices(Reranker)
+"""Values of ``ModelConfig.reranker``."""
+REGION_FEATURE_ENCODERS = ("precomp", *RELEASE_ENCODERS)
+"""Image encoders that read precomputed region features, not pixels."""
+
+
+def takes_region_features(cfg: ModelConfig) -> bool:
+    """Whether the image tower reads region-feature arrays (precomp layout) rather than images."""
+    return cfg.image_encoder in REGION_FEATURE_ENCODERS
+
+
+def _release_checks(m: ModelConfig) -> list[tuple[bool, str, str]]:
+    """The ported release towers: one variant on both sides, a reranker of the same text
+    encoder (the release pairs them so), sizes the modules can be built with."""
+    release = m.image_encoder in RELEASE_ENCODERS or m.text_encoder in RELEASE_ENCODERS
+    own_dim = m.hash_input_dim or m.embed_dim
+    return [
+        (not release or m.image_encoder == m.text_encoder, "--image-encoder/--text-encoder",
+         "the same release variant on both sides (release_bert or release_bigru)"),
+        (m.reranker in RERANKERS, "--reranker", "empty, esa_bert or esa_bigru"),
+        (not m.reranker or (release and m.reranker == "esa_" + m.text_encoder.removeprefix("release_")),
+         "--reranker", "an ESA model of the release model's own text encoder"),
+        (m.hash_input_dim >= 0, "--hash-input-dim", "0 (= embed_dim) or a positive size"),
+        (m.release_nhead > 0 and own_dim % m.release_nhead == 0, "--release-nhead",
+         "a positive divisor of MEET's embedding size"),
+        (0 <= m.release_dropout < 1 and 0 <= m.release_residual_weight <= 1,
+         "--release-dropout/--release-residual-weight", "a dropout in [0, 1) and a weight in [0, 1]"),
+        (m.release_regions > 0 and m.reranker_word_dim > 0 and m.reranker_gru_layers > 0
+         and m.reranker_vocab_size >= 0, "--release-regions/--reranker-*", "positive sizes"),
+    ]
 
 
 def _build_section(klass: type, values: Any, name: str) -> Any:

@@ -25,7 +25,6 @@ training state, plus the run's ``metrics.jsonl`` and a generated model card
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import json
 import os
 import re
@@ -37,21 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from meet.cli import atomic_folder, output_folder, run
-from meet.config import CONFIG_KEYS
+from meet.checkpoint import (PICKLE_PATTERNS, POINTER, SAFE_PATTERNS, TRAINING_STATE, is_meet_checkpoint,
+                             matches, resolve_checkpoint)
 from meet.errors import CheckpointError, ConfigError, HubError
-
-SAFE_PATTERNS = ("*.safetensors", "*.json", "*.jsonl", "*.txt", "*.md", "tokenizer.model",
-                 "*spiece.model", "*sentencepiece*.model")
-"""What is ever downloaded: weights as safetensors, configs, tokenizer and text files (the
-sentencepiece ``.model`` files are protobuf, not pickle). Reused for other repos (e.g. a
-transformers CLIP model) through :func:`snapshot`."""
-PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt", "*.joblib", "*.npy", "*.npz")
-"""Formats that may hold pickles: never downloaded, even if a pattern above matched."""
-TRAINING_STATE = tuple(p for name in ("optimizer.safetensors", "optimizer.json", "trainer.json")
-                       for p in (name, f"*/{name}"))
-"""Resume state of a training checkpoint: not part of a published model."""
-MEET_SECTIONS = CONFIG_KEYS
-"""The top-level keys of a MEET config.json (meet.config)."""
+from meet.model_card import upload_plan
 
 _NAME = r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?"
 _REPO_ID = re.compile(rf"^{_NAME}/{_NAME}$")
@@ -178,25 +166,6 @@ def snapshot(repo_id: str, revision: str | None = None, allow_patterns: Iterable
     return Path(folder)
 
 
-def is_meet_checkpoint(folder: str | Path) -> bool:
-    """True for a MEET checkpoint folder: ``config.json`` made of MEET's sections (``model``
-    among them, and nothing else) beside ``model.safetensors`` and
-    ``codebooks.safetensors``. False for anything else, e.g. a transformers model, whose
-    config has ``model_type`` instead. Cheap: reads one small JSON file, no weights."""
-    folder = Path(folder)
-    if not ((folder / "model.safetensors").is_file() and (folder / "codebooks.safetensors").is_file()):
-        return False
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and isinstance(config.get("model"), dict) and set(config) <= MEET_SECTIONS
-
-
-def _matches(path: str, patterns: Iterable[str]) -> bool:
-    return any(fnmatch.fnmatch(path, pattern) for pattern in patterns)
-
-
 def _remote_files(spec: RepoSpec, commit: str, token: str | bool | None) -> list[str] | None:
     """Every file of the repo at ``commit`` (None offline or when the listing fails):
     what the Hub holds, not only what the patterns let through."""
@@ -215,7 +184,7 @@ def _not_a_checkpoint(spec: RepoSpec, folder: Path, token: str | bool | None) ->
     local = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) \
         if folder.is_dir() else []
     files = _remote_files(spec, folder.name, token) or local
-    pickles = [f for f in files if _matches(f, PICKLE_PATTERNS)]
+    pickles = [f for f in files if matches(f, PICKLE_PATTERNS)]
     meet_fix = ("pass a MEET checkpoint repo (config.json with MEET's sections, model.safetensors, "
                 "codebooks.safetensors), e.g. one made by python -m meet.hub push RUN org/name")
     if pickles and not any(f.endswith(".safetensors") for f in files):
@@ -239,8 +208,6 @@ def resolve(spec: str | RepoSpec, token: str | bool | None = None) -> Path:
     """The local checkpoint folder of a Hub repo ``org/name[@revision]``: downloaded into
     the cache (safe files only, no training state) or found there offline. A repo that
     is a whole training run resolves to its best checkpoint."""
-    from meet.checkpoint import POINTER, resolve_checkpoint
-
     parsed = spec if isinstance(spec, RepoSpec) else parse_spec(spec)
     if parsed is None:
         raise CheckpointError(f"checkpoint not found: {spec}",
@@ -275,8 +242,6 @@ def push(run: str | Path, repo: str, revision: str | None = None, private: bool 
     """Upload the checkpoint of ``run`` (a checkpoint folder, or a run folder: its best
     checkpoint) to the Hub repo ``repo`` (created if needed, ``private`` then), on branch
     ``revision`` (created from main if needed), in one commit; returns its CommitInfo."""
-    from meet.model_card import upload_plan
-
     spec = parse_spec(repo)
     if spec is None:
         raise ConfigError(f"{repo!r} is not a Hub repo id", fix="use org/name (your user name or an organisation)")

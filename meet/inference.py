@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from meet.checkpoint import load_checkpoint
-from meet.config import MEETConfig
+from meet.config import MEETConfig, takes_region_features
 from meet.data.images import open_image
 from meet.errors import ConfigError, DataError
 from meet.model import MEET
@@ -74,7 +74,7 @@ class MEETModel:
     @property
     def kind(self) -> str:
         """``precomp`` models take feature arrays; the others take images."""
-        return "precomp" if self.cfg.model.image_encoder == "precomp" else "raw"
+        return "precomp" if takes_region_features(self.cfg.model) else "raw"
 
     def encode_images(self, images: Sequence[Any], batch_size: int = 256,
                       progress: Callable[[int, int], None] | None = None) -> Encoded:
@@ -194,6 +194,10 @@ class MEETModel:
         ``meet.hash_refit``, which changes the heads and keeps the encoders."""
         if side not in ("image", "text"):
             raise ConfigError(f"side {side!r} is neither 'image' nor 'text'")
+        if self.cfg.model.reranker:
+            raise ConfigError(f"this model's dense embedding comes from its {self.cfg.model.reranker} "
+                              "reranker, not from the embedding its hash heads read",
+                              fix="encode the items with encode_images/encode_texts instead")
         start = time.perf_counter()
         head = self.model.image_hash if side == "image" else self.model.text_hash
         dense_t = torch.as_tensor(np.asarray(dense, dtype=np.float32))
@@ -217,12 +221,41 @@ class MEETModel:
                        seconds=time.perf_counter() - start)
 
 
-def load(path: str | Path, device: str | None = None) -> MEETModel:
-    """Load a checkpoint folder or a training run folder (its best checkpoint), or a Hub
-    repo id ``org/name[@revision]`` when no such local path exists (:mod:`meet.hub`).
+def locate(path: str | Path, bert: str | Path | None = None, vocab: str | Path | None = None,
+           reranker: str | Path | None = None) -> Path:
+    """The local checkpoint (or run) folder a user's ``path`` names.
+
+    * an existing folder: itself (a run folder resolves to its best checkpoint later);
+    * an existing file: a MEET release checkpoint (``model_best.pth.tar``), converted once
+      into the cache (:func:`meet.convert.convert_into_cache`; ``bert`` / ``vocab`` /
+      ``reranker`` as for ``python -m meet.convert release``);
+    * a missing path that reads as a Hub repo id ``org/name[@revision]``: the checkpoint
+      downloaded through :mod:`meet.hub` (a local path always wins).
+    """
+    candidate = Path(path)
+    if candidate.is_file():
+        from meet.convert import convert_into_cache
+
+        return convert_into_cache(candidate, bert=bert, vocab=vocab, reranker=reranker)
+    if any(extra is not None for extra in (bert, vocab, reranker)):
+        raise ConfigError(f"--bert/--vocab/--reranker go with a MEET release file, and {path} is not a file",
+                          fix="leave them out for a checkpoint folder, or pass the release's model_best.pth.tar")
+    if not candidate.exists():
+        from meet import hub  # lazy: huggingface_hub is only imported for a Hub id
+
+        if hub.parse_spec(path) is not None:
+            return hub.resolve(path)
+    return candidate
+
+
+def load(path: str | Path, device: str | None = None, *, bert: str | Path | None = None,
+         vocab: str | Path | None = None, reranker: str | Path | None = None) -> MEETModel:
+    """Load a checkpoint folder, a training run folder (its best checkpoint), a MEET release
+    file (converted once into the cache; ``bert``/``vocab``/``reranker`` as for ``python -m
+    meet.convert release``) or a Hub repo id ``org/name[@revision]`` (:func:`locate`).
 
     ``device``: None/"auto" picks CUDA when available, else CPU.
     """
     torch_device = select_device(device)
-    model, cfg, folder = load_checkpoint(path, device="cpu")
+    model, cfg, folder = load_checkpoint(locate(path, bert, vocab, reranker), device="cpu")
     return MEETModel(model, cfg, torch_device, folder)

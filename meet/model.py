@@ -43,8 +43,9 @@ class MEET(nn.Module):
         self.vocab = vocab
         self.image_encoder = build_image_encoder(cfg, saved_dir=saved_dir)
         self.text_encoder = build_text_encoder(cfg, vocab=vocab, saved_dir=saved_dir)
-        self.image_hash = HashHead(cfg.embed_dim, cfg.n_bits)
-        self.text_hash = HashHead(cfg.embed_dim, cfg.n_bits)
+        hash_input_dim = cfg.hash_input_dim or cfg.embed_dim
+        self.image_hash = HashHead(hash_input_dim, cfg.n_bits)
+        self.text_hash = HashHead(hash_input_dim, cfg.n_bits)
         self.image_pq = ProductQuantizer(cfg.n_bits, cfg.n_codebooks, cfg.codebook_size)
         self.text_pq = ProductQuantizer(cfg.n_bits, cfg.n_codebooks, cfg.codebook_size)
 
@@ -53,13 +54,13 @@ class MEET(nn.Module):
 
     def encode_image(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Images (a batch in the image encoder's input format) -> dense + hash."""
-        dense = self.image_encoder(images)
-        return {"dense": dense, "hash": self.image_hash(self._hash_input(dense))}
+        dense, own = _dense_and_hash_source(self.image_encoder, images)
+        return {"dense": dense, "hash": self.image_hash(self._hash_input(own))}
 
     def encode_text(self, text_batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """A tokenized batch (from ``text_encoder.tokenize``) -> dense + hash."""
-        dense = self.text_encoder(**text_batch)
-        return {"dense": dense, "hash": self.text_hash(self._hash_input(dense))}
+        dense, own = _dense_and_hash_source(self.text_encoder, **text_batch)
+        return {"dense": dense, "hash": self.text_hash(self._hash_input(own))}
 
     def forward(self, images: torch.Tensor, text_batch: dict[str, torch.Tensor]) -> dict[str, Any]:
         image = self.encode_image(images)
@@ -75,6 +76,18 @@ class MEET(nn.Module):
     def encoder_parameters(self) -> list[nn.Parameter]:
         hash_ids = {id(p) for p in self.hash_parameters()}
         return [p for p in self.parameters() if id(p) not in hash_ids and p.requires_grad]
+
+
+def _dense_and_hash_source(encoder: nn.Module, *args: Any, **kwargs: Any
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dense, what the hash head reads). Our towers embed once and the hash head reads the
+    dense embedding. A converted release model with an ESA reranker has two embeddings per
+    item (``embed_pair`` of :mod:`meet.encoders.release_towers`): ESA's is ``dense`` (what
+    Stage 3 ranks by), MEET's own is what the release's hash heads were trained on."""
+    if hasattr(encoder, "embed_pair"):
+        return encoder.embed_pair(*args, **kwargs)
+    dense = encoder(*args, **kwargs)
+    return dense, dense
 
 
 def build_model(cfg: ModelConfig, vocab: Vocabulary | None = None,

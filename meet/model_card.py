@@ -17,6 +17,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from meet.checkpoint import (PICKLE_PATTERNS, POINTER, SAFE_PATTERNS, TRAINING_STATE, is_meet_checkpoint, matches,
+                             read_config, resolve_checkpoint)
 from meet.config import PRESETS, MEETConfig, field_index, preset
 from meet.errors import CheckpointError
 
@@ -40,9 +42,6 @@ INTRO = ("A MEET checkpoint (\"Redundancy Mitigation: Towards Accurate and Effic
 def upload_plan(run: Path, repo_id: str) -> tuple[dict[str, Path], str]:
     """``({path in repo: local file}, model card text)`` for the checkpoint of ``run``
     (a checkpoint folder, or a run folder: its best checkpoint)."""
-    from meet.checkpoint import read_config, resolve_checkpoint
-    from meet.hub import is_meet_checkpoint
-
     folder = resolve_checkpoint(run)
     if not is_meet_checkpoint(folder):
         raise CheckpointError(f"{folder} is not a MEET checkpoint (config.json with MEET's sections, "
@@ -63,13 +62,11 @@ def checkpoint_files(folder: Path) -> dict[str, Path]:
     """The files of a checkpoint that are published, keyed by POSIX path in the folder:
     safe formats only, no training state, no hidden (temporary) files, no README.md (the
     card replaces it and quotes it)."""
-    from meet.hub import PICKLE_PATTERNS, SAFE_PATTERNS, TRAINING_STATE, _matches
-
     files = {}
     for path in sorted(folder.rglob("*")):
         name = path.relative_to(folder).as_posix()
         if (not path.is_file() or name == "README.md" or any(p.startswith(".") for p in name.split("/"))
-                or not _matches(name, SAFE_PATTERNS) or _matches(name, PICKLE_PATTERNS + TRAINING_STATE)):
+                or not matches(name, SAFE_PATTERNS) or matches(name, PICKLE_PATTERNS + TRAINING_STATE)):
             continue
         files[name] = path
     return files
@@ -78,8 +75,6 @@ def checkpoint_files(folder: Path) -> dict[str, Path]:
 def _metrics_file(run: Path, folder: Path) -> Path | None:
     """The run's ``metrics.jsonl``: beside the checkpoint (an exported one), in the run
     folder given, or in the run that holds ``RUN/checkpoints/epoch-NNN``."""
-    from meet.checkpoint import POINTER
-
     for place in (folder, run, folder.parent.parent if (folder.parent.parent / POINTER).is_file() else None):
         if place is not None and (place / "metrics.jsonl").is_file():
             return place / "metrics.jsonl"

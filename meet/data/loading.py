@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from meet.config import ModelConfig
+from meet.config import ModelConfig, takes_region_features
 from meet.data.dataset import ImageTextDataset
 from meet.errors import ConfigError, DataError
 
@@ -34,7 +34,7 @@ def load_split(root: str | Path, split: str, model_cfg: ModelConfig,
     """Load ``split`` of the data set in ``root`` in the form ``model_cfg`` consumes."""
     root = Path(root)
     fmt = detect_format(root)
-    wants_features = model_cfg.image_encoder == "precomp"
+    wants_features = takes_region_features(model_cfg)
     if fmt == "precomp":
         if not wants_features:
             raise ConfigError(f"{root} holds precomputed features, but the model's image encoder is "

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from torch import nn
 
-from meet.config import ModelConfig
+from meet.config import RELEASE_ENCODERS, ModelConfig
 from meet.data.vocab import Vocabulary
 from meet.encoders.image_cnn import CNNGridEncoder
 from meet.encoders.image_precomp import PrecompRegionEncoder
@@ -30,9 +30,10 @@ from meet.encoders.pooling import ProjectAndPool
 from meet.encoders.text_bigru import BiGRUTextEncoder
 from meet.errors import ConfigError
 
-IMAGE_ENCODERS = ("precomp", "cnn", "hf")
-"""Names accepted by ``ModelConfig.image_encoder``."""
-TEXT_ENCODERS = ("bigru", "bert")
+IMAGE_ENCODERS = ("precomp", "cnn", "hf", *RELEASE_ENCODERS)
+"""Names accepted by ``ModelConfig.image_encoder`` (the ``release_*`` towers are ports of the
+MEET release, built only from a folder that :mod:`meet.convert` wrote)."""
+TEXT_ENCODERS = ("bigru", "bert", *RELEASE_ENCODERS)
 """Names accepted by ``ModelConfig.text_encoder``."""
 
 __all__ = ["IMAGE_ENCODERS", "TEXT_ENCODERS", "ProjectAndPool", "build_image_encoder",
@@ -53,6 +54,9 @@ def build_image_encoder(cfg: ModelConfig, saved_dir: Path | None = None) -> nn.M
     if name == "hf":
         from meet.encoders.image_hf import build_hf_image_encoder
         return build_hf_image_encoder(cfg, saved_dir)
+    if name in RELEASE_ENCODERS:
+        from meet.encoders.release_towers import build_release_image_encoder
+        return build_release_image_encoder(cfg, saved_dir)
     raise ConfigError(f"unknown image_encoder {name!r}",
                       fix=f"choose one of {', '.join(IMAGE_ENCODERS)}")
 
@@ -74,5 +78,8 @@ def build_text_encoder(cfg: ModelConfig, vocab: Vocabulary | None = None,
     if name == "bert":
         from meet.encoders.text_bert import build_bert_text_encoder
         return build_bert_text_encoder(cfg, saved_dir)
+    if name in RELEASE_ENCODERS:
+        from meet.encoders.release_towers import build_release_text_encoder
+        return build_release_text_encoder(cfg, saved_dir)
     raise ConfigError(f"unknown text_encoder {name!r}",
                       fix=f"choose one of {', '.join(TEXT_ENCODERS)}")
