@@ -32,11 +32,15 @@ Ranking = Literal["hinge", "infonce"]
 CaptionSampling = Literal["all", "per_image"]
 HammingScores = Literal["symmetric", "asymmetric"]
 PQSpace = Literal["hash", "dense", "residual"]
+SurvivorRounding = Literal["nearest", "floor"]
 HashRefitMethod = Literal["distill", "structure", "itq"]
-SearchMode = Literal["dense", "hash", "pq", "cascade", "meet"]
+SearchMode = Literal["dense", "hash", "pq", "cascade", "meet", "release"]
 """How a query is scored: ``dense`` (exact inner product), ``hash`` (the Hamming stage
 alone over the whole gallery), ``pq`` (the quantization stage alone), ``cascade`` (Hamming
--> quantization -> dense re-rank) and ``meet`` (the cascade with the reweighted re-rank)."""
+-> quantization -> dense re-rank), ``meet`` (the cascade with the reweighted re-rank) and
+``release`` (the MEET release's evaluation: the cascade, then the top z re-sorted by the
+query's rank among the searched batch's queries for each candidate; with
+:func:`release_cascade`'s settings it is the release's ``evalrank_test``)."""
 
 
 def choices(literal: Any) -> tuple[str, ...]:
@@ -254,6 +258,9 @@ class CascadeConfig:
     pq_beam_size: int = 8
     """``pq_space="residual"``: faiss ``ResidualQuantizer``'s beam width, for fitting and
     encoding (wider: closer codes, slower index builds)."""
+    survivor_rounding: SurvivorRounding = "nearest"
+    """How a fractional rate becomes a count of survivors: ``nearest`` (half rounds up) or
+    ``floor`` (``int(rate * n)``, what the MEET release's evaluation does)."""
 
 
 @dataclass
@@ -414,6 +421,8 @@ def validate(cfg: MEETConfig) -> MEETConfig:
         (c.pq_beam_size >= 1, "--pq-beam-size", "at least 1"),
         (c.hamming_scores in choices(HammingScores), "--hamming-scores", " or ".join(choices(HammingScores))),
         (c.pq_fit_items >= 1, "--pq-fit-items", "at least 1"),
+        (c.survivor_rounding in choices(SurvivorRounding), "--survivor-rounding",
+         " or ".join(choices(SurvivorRounding))),
         *_release_checks(m),
     ]
     if cfg.hash_refit is not None:
@@ -516,6 +525,30 @@ def _has_type(value: Any, expected: type) -> bool:
             isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
             for k, v in value.items())
     return isinstance(value, expected)
+
+
+RELEASE_SEARCH: dict[str, dict[str, float | int]] = {
+    "bert": {"hamming_rate_i2t": 0.3, "hamming_rate_t2i": 0.6, "pq_rate_i2t": 0.5, "pq_rate_t2i": 0.6,
+             "top_z_i2t": 15, "top_z_t2i": 12},
+    "bigru": {"hamming_rate_i2t": 0.6, "hamming_rate_t2i": 0.7, "pq_rate_i2t": 0.5, "pq_rate_t2i": 0.7,
+              "top_z_i2t": 15, "top_z_t2i": 15},
+}
+"""The MEET release's Stage II constants per variant, as its test script (``evalrank_test`` in
+``at_bert/lib/evalution_AHR.py`` and ``at/lib/...``) runs them: the BERT variant keeps 0.3 /
+0.6 (Hamming, i2t / t2i) and 0.5 / 0.6 (quantization) and re-sorts the top 15 / 12; the BiGRU
+variant's test keeps 0.6 / 0.7 and 0.5 / 0.7 and re-sorts 15 / 15 (both variants' training
+validation, ``hq_train.py``, uses the BERT numbers)."""
+
+
+def release_cascade(cfg: "MEETConfig") -> CascadeConfig:
+    """The release's Stage II settings for a model like ``cfg``: :data:`RELEASE_SEARCH` of its
+    text encoder's variant (BiGRU for ``bigru``/``release_bigru``, else BERT), symmetric
+    Hamming over the model's own hash-space PQ codes, no reciprocal store (the re-sort ranks
+    within the query batch), no fusion. What ``mode="release"`` runs with in
+    ``meet.evaluate`` and the app."""
+    variant = "bigru" if cfg.model.text_encoder in ("bigru", "release_bigru") else "bert"
+    return dataclasses.replace(cfg.cascade, **RELEASE_SEARCH[variant], hamming_scores="symmetric", fusion=False,
+                               pq_space="hash", reciprocal_k=0, survivor_rounding="floor")
 
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "loss": LossConfig, "train": TrainConfig,

@@ -157,7 +157,7 @@ def _write_assets(folder: Path, bert_config: Any, wordpiece: Any, word_vocab: An
 
 def model_card(meet: Any, esa: Any, bert: Any, vocab: Any, cfg: Any) -> str:
     """The converted checkpoint's README: sources, what each output is, how it was verified."""
-    from meet.release import RELEASE_SEARCH
+    from meet.config import RELEASE_SEARCH
 
     m = cfg.model
     sources = [f"- MEET checkpoint: `{meet.path.name}`, sha256 `{meet.sha256}`"]

@@ -15,7 +15,12 @@ does, ties by gallery position (the one tie rule; :mod:`meet.metrics` ranks the 
   re-rank of the survivors (rates from ``CascadeConfig``); filtered items rank last;
 - ``meet``: the cascade with the re-rank reweighted by consistency and complementarity
   (:mod:`meet.search.rerank`). On Shapes both also report the share of truly relevant
-  items each filter drops.
+  items each filter drops;
+- ``release``: the MEET release's own evaluation (``evalrank_test``), with its constants
+  (:func:`meet.config.release_cascade`): the Hamming and quantization filters over the
+  hash-space codes, then the top 15 / 12 (BiGRU: 15 / 15) re-sorted by where each query
+  falls among the split's queries for each candidate. Its per-stage times are also printed
+  as the release prints them.
 
 CLI::
 
@@ -37,17 +42,24 @@ import numpy as np
 import torch
 
 from meet import cli, metrics
-from meet.config import CascadeConfig
+from meet.config import CascadeConfig, release_cascade
 from meet.data.dataset import ImageTextDataset
 from meet.errors import ConfigError
 from meet.inference import Encoded, MEETModel
 from meet.search import MODES, GalleryIndex, build_pair, full_scores, stage_survivors
+from meet.search.index import BUILD_FIELDS
 
 Galleries = tuple[GalleryIndex, GalleryIndex]
 """(image index, caption index) of one split."""
 
-FILTER_MODES = ("cascade", "meet")
+FILTER_MODES = ("cascade", "meet", "release")
 """Modes that run the two filters (and so have filter drops to report)."""
+
+
+def mode_cascade(mode: str, model: MEETModel) -> CascadeConfig:
+    """The Stage II settings a mode is evaluated with: the release's for ``release``
+    (:func:`meet.config.release_cascade`), the model's own for every other mode."""
+    return release_cascade(model.cfg) if mode == "release" else model.cfg.cascade
 
 
 class SplitIndexes:
@@ -58,20 +70,28 @@ class SplitIndexes:
     def __init__(self, model: MEETModel, images: Encoded, texts: Encoded, reciprocal: bool = True):
         self.model, self.images, self.texts = model, images, texts
         self.build = model.cfg.cascade if reciprocal else dataclasses.replace(model.cfg.cascade, reciprocal_k=0)
-        self._pairs: dict[tuple[bytes, bytes], Galleries] = {}
+        self._pairs: dict[tuple, Galleries] = {}
         self._scores: tuple[Any, tuple[torch.Tensor, torch.Tensor]] | None = None
 
-    def pair(self, image_rows: np.ndarray | None = None, caption_rows: np.ndarray | None = None) -> Galleries:
-        """The pair over images ``image_rows`` and captions ``caption_rows`` (default: all);
-        ids are positions within the subset."""
+    def pair(self, image_rows: np.ndarray | None = None, caption_rows: np.ndarray | None = None,
+             build: CascadeConfig | None = None) -> Galleries:
+        """The pair over images ``image_rows`` and captions ``caption_rows`` (default: all),
+        built with ``build``'s build-time settings (default: the model's; ``release`` needs
+        the hash space); ids are positions within the subset."""
+        build = build or self.build
         image_rows = np.arange(len(self.images)) if image_rows is None else np.asarray(image_rows, np.int64)
         caption_rows = np.arange(len(self.texts)) if caption_rows is None else np.asarray(caption_rows, np.int64)
-        key = (image_rows.tobytes(), caption_rows.tobytes())
+        key = (image_rows.tobytes(), caption_rows.tobytes(), tuple(getattr(build, f) for f in BUILD_FIELDS))
         if key not in self._pairs:
             images, texts = _rows(self.images, image_rows), _rows(self.texts, caption_rows)
             self._pairs[key] = build_pair(self.model, images, texts, [str(i) for i in range(len(images))],
-                                          [str(i) for i in range(len(texts))], cascade=self.build)
+                                          [str(i) for i in range(len(texts))], cascade=build)
         return self._pairs[key]
+
+    def pair_for(self, mode: str, image_rows: np.ndarray | None = None,
+                 caption_rows: np.ndarray | None = None) -> Galleries:
+        """The pair a mode searches: the model's, or a hash-space one for ``release``."""
+        return self.pair(image_rows, caption_rows, mode_cascade(mode, self.model) if mode == "release" else None)
 
     def scores(self, mode: str, image_rows: np.ndarray, caption_rows: np.ndarray,
                cascade: CascadeConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,7 +99,7 @@ class SplitIndexes:
         images querying the caption index, and captions querying the image index."""
         key = (mode, np.asarray(image_rows).tobytes(), np.asarray(caption_rows).tobytes(), cascade)
         if self._scores is None or self._scores[0] != key:
-            image_index, text_index = self.pair(image_rows, caption_rows)
+            image_index, text_index = self.pair_for(mode, image_rows, caption_rows)
             i2t = full_scores(text_index, _rows(self.images, image_rows), mode, cascade)
             t2i = full_scores(image_index, _rows(self.texts, caption_rows), mode, cascade)
             self._scores = (key, (torch.from_numpy(i2t), torch.from_numpy(t2i).T))
@@ -105,7 +125,7 @@ def score_functions(mode: str, model: MEETModel, indexes: SplitIndexes) -> tuple
     through the search engine on the subset's own index pair."""
     if mode not in MODES:
         raise ConfigError(f"unknown mode {mode!r}", fix=f"choose from {', '.join(MODES)}")
-    cascade = model.cfg.cascade
+    cascade = mode_cascade(mode, model)
     i2t = lambda i, c: indexes.scores(mode, _indices(i), _indices(c), cascade)[0]
     t2i = lambda i, c: indexes.scores(mode, _indices(i), _indices(c), cascade)[1]
     return i2t, t2i
@@ -116,7 +136,7 @@ def _indices(values: Any) -> np.ndarray:
 
 
 def filter_drops(model: MEETModel, pair: Galleries, images: Encoded, texts: Encoded,
-                 relevance: torch.Tensor) -> dict[str, float]:
+                 relevance: torch.Tensor, cascade: CascadeConfig | None = None) -> dict[str, float]:
     """Share of the truly relevant items each filter removes, per direction (Shapes).
 
     ``relevance`` (n_captions, n_images). t2i: every caption queries the images; i2t:
@@ -128,7 +148,7 @@ def filter_drops(model: MEETModel, pair: Galleries, images: Encoded, texts: Enco
     out = {}
     for queries, index, rel in ((texts, image_index, relevance.numpy()), (images, text_index, relevance.numpy().T)):
         direction = index.direction
-        masks = stage_survivors(index, queries, model.cfg.cascade)
+        masks = stage_survivors(index, queries, cascade or model.cfg.cascade)
         total = max(int(rel.sum()), 1)
         out[f"{direction}_relevant_dropped_hamming"] = float((rel & ~masks.after_hamming).sum()) / total
         out[f"{direction}_relevant_dropped_pq"] = float((rel & masks.after_hamming & ~masks.after_pq).sum()) / total
@@ -151,7 +171,8 @@ def evaluate_mode(mode: str, model: MEETModel, ds: ImageTextDataset, images: Enc
     t2i = metrics.evaluate_protocol(t2i_fn, ds.n_images, caption_image, protocol)
     result.update({k: v for k, v in t2i.items() if k.startswith("t2i")})
     result["rsum"] = sum(result[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10))
-    result.update(_search_timing(mode, model, indexes.pair(), images, texts))
+    result.update(_search_timing(mode, model, indexes.pair_for(mode), images, texts))
+    result["encode_seconds"] = images.seconds + texts.seconds
     result["encode_ms_per_image"] = 1000 * images.seconds / max(len(images), 1)
     result["encode_ms_per_caption"] = 1000 * texts.seconds / max(len(texts), 1)
     if relevance is not None:
@@ -165,15 +186,20 @@ def evaluate_mode(mode: str, model: MEETModel, ds: ImageTextDataset, images: Enc
 
 def _search_timing(mode: str, model: MEETModel, pair: Galleries, images: Encoded,
                    texts: Encoded) -> dict[str, float]:
-    """Wall time per query of a batched top-10 search of the whole split, both ways."""
+    """Wall time per query of a batched top-10 search of the whole split, both ways, and
+    the seconds each stage took in it (``{i2t,t2i}_seconds_{stage}``)."""
     image_index, text_index = pair
+    cascade = mode_cascade(mode, model)
     start = time.perf_counter()
-    text_index.search(images, k=10, mode=mode, cascade=model.cfg.cascade)
+    i2t = text_index.search(images, k=10, mode=mode, cascade=cascade)
     mid = time.perf_counter()
-    image_index.search(texts, k=10, mode=mode, cascade=model.cfg.cascade)
+    t2i = image_index.search(texts, k=10, mode=mode, cascade=cascade)
     end = time.perf_counter()
-    return {"search_ms_per_image_query": 1000 * (mid - start) / max(len(images), 1),
-            "search_ms_per_caption_query": 1000 * (end - mid) / max(len(texts), 1)}
+    out = {"search_ms_per_image_query": 1000 * (mid - start) / max(len(images), 1),
+           "search_ms_per_caption_query": 1000 * (end - mid) / max(len(texts), 1)}
+    for direction, result in (("i2t", i2t), ("t2i", t2i)):
+        out.update({f"{direction}_seconds_{stage}": value for stage, value in result.timings.items() if value})
+    return out
 
 
 def shapes_relevance(ds: ImageTextDataset) -> torch.Tensor | None:
@@ -199,10 +225,10 @@ def single_object_precision(model: MEETModel, ds: ImageTextDataset, modes: tuple
     with_size = torch.tensor([len(q.split()) == 4 for q in kept], dtype=torch.bool)  # "a small blue star"
     probes = model.encode_texts(kept)
     relevance = relevance[keep]
-    image_index, _ = indexes.pair()
     out = {}
     for mode in modes:
-        scores = torch.from_numpy(full_scores(image_index, probes, mode, model.cfg.cascade))
+        image_index, _ = indexes.pair_for(mode)
+        scores = torch.from_numpy(full_scores(image_index, probes, mode, mode_cascade(mode, model)))
         p = metrics.precision_at_k(scores, relevance, k)
         out[mode] = {"all": float(p.mean()), "colour_shape": float(p[~with_size].mean()),
                      "size_colour_shape": float(p[with_size].mean()), "n_queries": len(kept)}
@@ -217,11 +243,11 @@ def evaluate(model: MEETModel, ds: ImageTextDataset, modes: tuple[str, ...] = MO
     indexes = SplitIndexes(model, images, texts, reciprocal="meet" in modes)
     results = {mode: evaluate_mode(mode, model, ds, images, texts, protocol, relevance, indexes)
                for mode in modes}
-    if relevance is not None and any(m in FILTER_MODES for m in modes):
-        drops = filter_drops(model, indexes.pair(), images, texts, relevance)
+    if relevance is not None:
         for mode in modes:
             if mode in FILTER_MODES:
-                results[mode].update(drops)
+                results[mode].update(filter_drops(model, indexes.pair_for(mode), images, texts, relevance,
+                                                  mode_cascade(mode, model)))
     if relevance is not None:
         for mode, values in single_object_precision(model, ds, modes, indexes).items():
             results[mode]["t2i_single_object_p@10"] = values["all"]
@@ -229,6 +255,24 @@ def evaluate(model: MEETModel, ds: ImageTextDataset, modes: tuple[str, ...] = MO
             results[mode]["t2i_size_colour_shape_p@10"] = values["size_colour_shape"]
             results[mode]["single_object_queries"] = values["n_queries"]
     return results
+
+
+def release_timing(values: dict[str, float]) -> str:
+    """The ``release`` mode's stage times as the release's ``evalrank_test`` prints them (its
+    hashing, quantization and matching seconds per direction, and its total ``t``, which
+    adds 0.3 x the encoding time; ours is both towers' encoding), then ours per query."""
+    seconds = lambda direction, stage: values.get(f"{direction}_seconds_{stage}", 0.0)
+    encode = values.get("encode_seconds", 0.0)
+    total = sum(seconds(d, s) for d in ("i2t", "t2i") for s in ("hamming", "pq", "rerank")) + 0.3 * encode
+    return "\n".join([
+        "release timing, as evalrank_test prints it (seconds):",
+        f"calculate hashing select time: {seconds('i2t', 'hamming'):.4f} {seconds('t2i', 'hamming'):.4f}",
+        f"calculate Quantization time: {seconds('i2t', 'pq'):.4f} {seconds('t2i', 'pq'):.4f}",
+        f"calculate afterhash matching time i2t_need t2i_need: {seconds('i2t', 'rerank'):.4f} "
+        f"{seconds('t2i', 'rerank'):.4f}",
+        f"t =  {total:.4f}",
+        f"ours: {values.get('search_ms_per_image_query', 0.0):.3f} ms per image query, "
+        f"{values.get('search_ms_per_caption_query', 0.0):.3f} ms per caption query (batched, top 10)"])
 
 
 def format_table(results: dict[str, dict[str, float]]) -> str:
@@ -296,6 +340,8 @@ def _main(args: argparse.Namespace) -> None:
     ds = load_split(args.data, args.split, model.cfg.model, image_dir=args.image_dir)
     results = evaluate(model, ds, modes, args.protocol, progress=True)
     print(format_table(results))
+    if "release" in results:
+        print(release_timing(results["release"]))
     if args.json:
         try:
             args.json.parent.mkdir(parents=True, exist_ok=True)

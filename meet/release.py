@@ -43,17 +43,6 @@ from meet.errors import CheckpointError, ConfigError
 MEET_PARTS = ("img_enc", "txt_enc", "img_hcode", "txt_hcode", "img_proj", "txt_proj")
 """The order of the six state dicts in a MEET release checkpoint's ``model`` list."""
 
-RELEASE_SEARCH = {
-    "bert": {"hamming_rate_i2t": 0.3, "hamming_rate_t2i": 0.6, "pq_rate_i2t": 0.5, "pq_rate_t2i": 0.6,
-             "top_z_i2t": 15, "top_z_t2i": 12},
-    "bigru": {"hamming_rate_i2t": 0.6, "hamming_rate_t2i": 0.7, "pq_rate_i2t": 0.5, "pq_rate_t2i": 0.7,
-              "top_z_i2t": 15, "top_z_t2i": 15},
-}
-"""The release's Stage II constants per variant, as its test script (``evalrank_test`` in
-``lib/evalution_AHR.py``) runs them. Note the BiGRU variant's test uses 0.6/0.7 and 0.5/0.7,
-while both variants' training-time validation (``hq_train.py``) uses 0.3/0.6 and 0.5/0.6."""
-
-
 @dataclass
 class ReleaseFile:
     """One recognised release checkpoint."""

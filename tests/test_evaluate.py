@@ -18,7 +18,7 @@ import torch
 import meet
 from meet import metrics
 from meet.config import CascadeConfig
-from meet.evaluate import SplitIndexes, evaluate, score_functions
+from meet.evaluate import SplitIndexes, evaluate, mode_cascade, score_functions
 from meet.search import MODES
 
 
@@ -58,8 +58,10 @@ def test_evaluation_ranks_every_mode_as_search_does(split, name):
     for mode in MODES:
         i2t_fn, t2i_fn = score_functions(mode, model, indexes)
         i2t, t2i = i2t_fn(*everything).numpy(), t2i_fn(*everything).numpy().T  # (queries, gallery)
-        by_search = {"i2t": text_index.search(images, k=len(texts), mode=mode).ids,
-                     "t2i": image_index.search(texts, k=ds.n_images, mode=mode).ids}
+        searched_images, searched_texts = indexes.pair_for(mode)  # release: a hash-space pair, its own rates
+        cascade = mode_cascade(mode, model)
+        by_search = {"i2t": searched_texts.search(images, k=len(texts), mode=mode, cascade=cascade).ids,
+                     "t2i": searched_images.search(texts, k=ds.n_images, mode=mode, cascade=cascade).ids}
         for direction, scores in (("i2t", i2t), ("t2i", t2i)):
             found = by_search[direction]
             order = stable_order(scores)

@@ -353,3 +353,51 @@ def test_out_must_be_new_or_empty(files, tmp_path):
     (tmp_path / "empty").mkdir()
     assert convert([*argv, str(tmp_path / "empty")])[0] == 0
     assert (tmp_path / "empty" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("name", ["bert+esa", "bigru"])
+def test_evaluate_release_mode_on_a_converted_checkpoint(files, converted, name, tmp_path, capsys):
+    """``meet.evaluate --modes ...,release`` on a converted release model over a precomp split:
+    every mode runs, the release's timing lines are printed, and the ``release`` ranking is
+    the release's ``evalrank_test`` ranking (test_search_release's re-implementation) of the
+    model's own encodings: MEET's hash features and codes, ESA's (or MEET's) dense vectors."""
+    import json
+
+    import meet
+    from meet.data.loading import load_split
+    from meet.evaluate import SplitIndexes, main, mode_cascade, score_functions
+    from test_search_release import release_ranking
+
+    data = tmp_path / "f30k_precomp"
+    data.mkdir()
+    n_images = 40  # enough that the quantization filter keeps at least the re-sorted top z (see rerank)
+    regions = meet.load(converted[name], device="cpu").cfg.model.release_regions  # BiGRU: a fixed count
+    np.save(data / "test_ims.npy",
+            np.random.default_rng(5).standard_normal((n_images, regions, rf.IMG_DIM)).astype(np.float32))
+    captions = [f"{CAPTIONS[i % 4]} {rf.WORDS[i % len(rf.WORDS)]} {i}" for i in range(5 * n_images)]
+    (data / "test_caps.txt").write_text("\n".join(captions) + "\n")
+    out = tmp_path / "results.json"
+    assert main(["--checkpoint", str(converted[name]), "--data", str(data), "--device", "cpu",
+                 "--modes", "dense,hash,pq,release,cascade,meet", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "calculate hashing select time:" in printed and "calculate afterhash matching time" in printed
+    results = json.loads(out.read_text())
+    assert set(results) == {"dense", "hash", "pq", "release", "cascade", "meet"}
+    assert all(0 <= row["rsum"] <= 600 for row in results.values())
+
+    model = meet.load(converted[name], device="cpu")
+    ds = load_split(data, "test", model.cfg.model)
+    images, texts = model.encode_dataset(ds)
+    i2t_fn, t2i_fn = score_functions("release", model, SplitIndexes(model, images, texts))
+    everything = (np.arange(ds.n_images), np.arange(len(ds.captions)))
+    settings = mode_cascade("release", model)
+    for direction, scores, q, g, books in (
+            ("i2t", i2t_fn(*everything).numpy(), images, texts, model.model.text_pq.codebooks.numpy()),
+            ("t2i", t2i_fn(*everything).numpy().T, texts, images, model.model.image_pq.codebooks.numpy())):
+        expected = release_ranking(q.hash.astype(np.float64), g.hash.astype(np.float64), books,
+                                   g.pq_codes.astype(np.int64), q.dense.astype(np.float64),
+                                   g.dense.astype(np.float16).astype(np.float64),  # the index stores float16
+                                   getattr(settings, f"hamming_rate_{direction}"),
+                                   getattr(settings, f"pq_rate_{direction}"), getattr(settings, f"top_z_{direction}"))
+        for row, order in enumerate(expected):
+            assert np.argsort(-scores[row], kind="stable")[:len(order)].tolist() == order, (direction, row)

@@ -210,8 +210,9 @@ def recall_cost_curve(gallery: Any, queries: Any, relevant: Any, hamming_rates: 
     n_queries, take = query_arrays(queries)
     n_gallery = gallery.n_items
     rel = relevance(relevant, (n_queries, n_gallery))
-    big_r = np.array([survivor_count(h, n_gallery, f"hamming_rate_{direction}") for h, _ in grid])
-    small_q = np.array([survivor_count(p, r, f"pq_rate_{direction}") for (_, p), r in zip(grid, big_r)])
+    rounding = cascade.survivor_rounding
+    big_r = np.array([survivor_count(h, n_gallery, f"hamming_rate_{direction}", rounding) for h, _ in grid])
+    small_q = np.array([survivor_count(p, r, f"pq_rate_{direction}", rounding) for (_, p), r in zip(grid, big_r)])
     kept_h = np.zeros(len(grid), np.int64)
     kept_p = np.zeros(len(grid), np.int64)
     for n_h in np.unique(big_r[big_r > 0]):

@@ -22,6 +22,7 @@ share of the whole gallery and are slow at scale (the paper's setting, kept for 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +36,7 @@ from meet.config import CascadeConfig, SearchMode, choices
 from meet.errors import ConfigError, DataError
 from meet.search.hamming import hamming_scores, hamming_stage
 from meet.search.pq_filter import pq_block_scorer, pq_filter
-from meet.search.rerank import dense_block_scorer, rerank
+from meet.search.rerank import batch_reciprocal_resort, dense_block_scorer, dense_scores, rerank
 from meet.search.topk import CACHE_CHUNK, WORK_BUDGET, single_threaded, stream_topk, survivor_count
 from meet.search.traces import QueryTrace, StageTrace
 
@@ -123,8 +124,8 @@ def rates(cfg: CascadeConfig, direction: str) -> tuple[float, float, int]:
 def stage_sizes(cfg: CascadeConfig, direction: str, n_items: int) -> tuple[int, int, int]:
     """(R, q, z) for a gallery of ``n_items``."""
     hamming_rate, pq_rate, top_z = rates(cfg, direction)
-    n_hamming = survivor_count(hamming_rate, n_items, f"hamming_rate_{direction}")
-    n_pq = survivor_count(pq_rate, n_hamming, f"pq_rate_{direction}")
+    n_hamming = survivor_count(hamming_rate, n_items, f"hamming_rate_{direction}", cfg.survivor_rounding)
+    n_pq = survivor_count(pq_rate, n_hamming, f"pq_rate_{direction}", cfg.survivor_rounding)
     if top_z < 0:
         raise ConfigError(f"top_z_{direction}={top_z} is negative", fix="use 0 or more")
     if not cfg.consistency_temperature > 0:
@@ -175,6 +176,8 @@ def run_search(index: GalleryIndex, queries: Any, k: int, mode: SearchMode, casc
         return SearchResult(ids, scores, counts, traces, timings)
     n_hamming, n_pq, top_z = stage_sizes(cascade, direction, n_items)
     counts = {"gallery": n_items, "after_hamming": n_hamming, "after_pq": n_pq, "reranked": n_pq}
+    if mode == "release":
+        return _release_search(q, index, cascade, k, n_hamming, n_pq, top_z, batch_size, trace, counts, timings)
 
     def finish(task: tuple[_HammingBlock, int, int]) -> tuple[_Filtered, Any, float, float]:
         """Quantization filter and re-rank of one sub-block; writes its rows of the result."""
@@ -201,20 +204,64 @@ def run_search(index: GalleryIndex, queries: Any, k: int, mode: SearchMode, casc
     return SearchResult(ids, scores, counts, traces, timings)
 
 
+def _release_search(q: _Queries, index: GalleryIndex, cascade: CascadeConfig, k: int, n_hamming: int, n_pq: int,
+                    top_z: int, batch_size: int, trace: bool, counts: dict[str, int],
+                    timings: dict[str, float]) -> SearchResult:
+    """``mode="release"``: the filters (quantization ties by Hamming rank, as the release's
+    stable sort over its Hamming-ordered survivors does), then the release's re-sort over
+    the whole batch (:func:`meet.search.rerank.batch_reciprocal_resort`), which needs every
+    query's candidates first: two passes, on one thread."""
+    blocks = []
+    for hamming_block in _hamming_blocks(q, index, cascade, n_hamming, batch_size, timings):
+        t0 = time.perf_counter()
+        with single_threaded():
+            blocks += [_pq_step(*task, index, n_pq, ties_by_hamming_rank=True)
+                       for task in hamming_block.sub_blocks(n_hamming, index.pq_codes.shape[1])]
+        timings["pq"] += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    candidates = np.concatenate([b.candidates for b in blocks]) if blocks else np.zeros((0, n_pq), np.int64)
+    scores, _ = dense_scores(torch.from_numpy(q.dense), index.dense, candidates)
+    rr = batch_reciprocal_resort(candidates, scores.numpy(), top_z)
+    best = rr.order[:, :k]
+    n_queries = q.dense.shape[0]
+    ids = np.full((n_queries, k), -1, np.int64)
+    out = np.full((n_queries, k), -np.inf, np.float32)
+    ids[:, :best.shape[1]] = np.take_along_axis(candidates, best, axis=1)
+    out[:, :best.shape[1]] = np.take_along_axis(rr.final, best, axis=1)
+    timings["rerank"] += time.perf_counter() - t0
+    traces = None
+    if trace:
+        traces = [_cascade_trace(block, _rows_of(rr, block.start, block.candidates.shape[0]), b, index.direction,
+                                 "release", index, top_z, fusion=False)
+                  for block in blocks for b in range(block.candidates.shape[0])]
+    return SearchResult(ids, out, counts, traces, timings)
+
+
+def _rows_of(rr: Any, start: int, n: int) -> Any:
+    """The rows ``start:start + n`` of a batch :class:`~meet.search.rerank.Rerank`."""
+    pick = lambda arr: None if arr is None else arr[start:start + n]
+    return dataclasses.replace(rr, **{f.name: pick(getattr(rr, f.name)) for f in dataclasses.fields(rr)})
+
+
 def full_scores(index: GalleryIndex, queries: Any, mode: SearchMode = "meet", cascade: CascadeConfig | None = None,
                 batch_size: int = 256) -> np.ndarray:
     """Every query's score for every gallery item, float32 (n_queries, n_gallery).
 
     For evaluation at test-split scale (R@K and mAP code that ranks a full matrix with the
     same tie rule). Exhaustive modes: the mode's score everywhere, exactly as
-    ``index.search`` ranks it. ``cascade``/``meet``: the final score of each re-ranked
-    candidate and ``-inf`` for items a filter removed, so sorting a row (ties by position)
-    reproduces the search's order, with the removed items after it by position.
+    ``index.search`` ranks it. ``cascade``/``meet``/``release``: the final score of each
+    re-ranked candidate and ``-inf`` for items a filter removed, so sorting a row (ties by
+    position) reproduces the search's order, with the removed items after it by position.
     """
     cascade = index.settings(cascade)
     q = _prepare(queries, index, mode, 1, batch_size)
     n_items, n_queries = index.n_items, q.dense.shape[0]
     out = np.full((n_queries, n_items), -np.inf, np.float32)
+    if mode == "release":  # its re-sort ranks each query among the whole batch: one call
+        result = run_search(index, q, max(n_items, 1), mode, cascade, batch_size=batch_size)
+        rows, cols = np.nonzero(result.ids >= 0)
+        out[rows, result.ids[rows, cols]] = result.scores[rows, cols]
+        return out
     for start in range(0, n_queries, batch_size):
         block = q.rows(start, start + batch_size)
         stop = start + block.dense.shape[0]
@@ -286,11 +333,12 @@ def _hamming_blocks(q: _Queries, index: GalleryIndex, cascade: CascadeConfig, n_
         yield _HammingBlock(start, positions, scores, tables)
 
 
-def _pq_step(block: _HammingBlock, lo: int, hi: int, index: GalleryIndex, n_pq: int) -> _Filtered:
+def _pq_step(block: _HammingBlock, lo: int, hi: int, index: GalleryIndex, n_pq: int,
+             ties_by_hamming_rank: bool = False) -> _Filtered:
     """The quantization filter over rows ``lo:hi`` of a Hamming block (call it on one
     torch thread: the work is cache-sized)."""
     pos, ham = block.positions[lo:hi], block.scores[lo:hi]
-    kept, kept_scores, _ = pq_filter(block.tables[lo:hi], index.pq_codes, pos, n_pq)
+    kept, kept_scores, _ = pq_filter(block.tables[lo:hi], index.pq_codes, pos, n_pq, ties_by_hamming_rank)
     return _Filtered(block.start + lo, pos, ham, kept, kept_scores, np.take_along_axis(pos, kept, axis=1))
 
 
@@ -366,6 +414,10 @@ def _cascade_trace(block: _Filtered, rr: Any, b: int, direction: str, mode: str,
     final = StageTrace("rerank", final_ids, rr.final[b][order].copy(), np.arange(len(order)),
                        previous_ranks=order.copy())
     notes = []
+    if mode == "release":
+        notes.append(f"release re-sort: the top {top_z} candidates by dense score, re-sorted by where this query "
+                     "falls among the searched batch's queries for each candidate (the MEET release's "
+                     "i2t_rerank; a single query is not re-sorted); their final scores are ordinals 2 + (z - place) / z")
     if mode == "meet" and index.reciprocal is None:
         notes.append("complementarity off: the gallery index stores no reciprocal scores "
                      "(build it with reciprocal_k > 0)")

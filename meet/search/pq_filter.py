@@ -50,9 +50,10 @@ def gather_codes(pq_codes: np.ndarray, positions: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(raw)
 
 
-def pq_filter(tables: torch.Tensor, pq_codes: np.ndarray, positions: np.ndarray, n_keep: int
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Keep the ``n_keep`` Hamming survivors with the best ADC score (ties by position).
+def pq_filter(tables: torch.Tensor, pq_codes: np.ndarray, positions: np.ndarray, n_keep: int,
+              ties_by_hamming_rank: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keep the ``n_keep`` Hamming survivors with the best ADC score, ties by gallery
+    position (or, for the release's evaluation, by Hamming rank: ``ties_by_hamming_rank``).
 
     ``tables`` (n_queries, M, K); ``pq_codes`` (n_items, M) the gallery's PQ codes, of
     which only the survivors' rows are read; ``positions`` (n_queries, R) survivors.
@@ -60,7 +61,7 @@ def pq_filter(tables: torch.Tensor, pq_codes: np.ndarray, positions: np.ndarray,
     best first, ``kept_scores`` (n_queries, q) and ``scores`` (n_queries, R) float32.
     """
     scores = adc_gather(tables, gather_codes(pq_codes, positions))
-    kept = stable_top(scores, n_keep, torch.from_numpy(positions))
+    kept = stable_top(scores, n_keep, None if ties_by_hamming_rank else torch.from_numpy(positions))
     return kept.numpy(), scores.gather(1, kept).numpy(), scores.numpy()
 
 

@@ -34,10 +34,11 @@ stay in a core's cache (converting float16 rows to float32 is several times fast
 there than over a large fresh buffer)."""
 
 
-def survivor_count(rate: float, n_items: int, name: str = "rate") -> int:
+def survivor_count(rate: float, n_items: int, name: str = "rate", rounding: str = "nearest") -> int:
     """How many of ``n_items`` a filter keeps.
 
-    ``rate <= 1.0`` is a fraction: ``round(rate * n_items)`` (half rounds up), at least
+    ``rate <= 1.0`` is a fraction: ``round(rate * n_items)`` (half rounds up; with
+    ``rounding="floor"``, ``int(rate * n_items)`` as the MEET release computes it), at least
     1 when ``n_items > 0``; ``rate > 1`` is a count: ``min(int(rate), n_items)``. So 1.0
     keeps everything, and a count of one item cannot be written (use a fraction).
     """
@@ -51,7 +52,8 @@ def survivor_count(rate: float, n_items: int, name: str = "rate") -> int:
     if n_items <= 0:
         return 0
     if rate <= 1.0:
-        return min(n_items, max(1, int(math.floor(rate * n_items + 0.5))))
+        exact = rate * n_items
+        return min(n_items, max(1, int(exact) if rounding == "floor" else int(math.floor(exact + 0.5))))
     return min(int(rate), n_items)
 
 
