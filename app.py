@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         state = load_state(settings, report=lambda line: print(line, flush=True))
         demo = build_demo(state)
-        allowed = sorted({str(Path(p).parent) for p in state.gallery.image_paths})
+        allowed = sorted({str(Path(p).parent) for p in state.gallery.image_paths if p is not None}
+                         | {str(state.gallery.placeholder_dir)})
     except MEETError as exc:
         print(f"error: {user_message(exc)}", file=sys.stderr)
         demo, allowed = build_error_demo(user_message(exc)), []

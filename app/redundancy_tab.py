@@ -160,10 +160,10 @@ def _removed_items(state: AppState, outcome: SearchOutcome, positions: np.ndarra
     for pos in np.asarray(positions, np.int64):
         mark = "" if outcome.relevant is None else (" ✓ relevant" if outcome.relevant[pos] else "")
         if outcome.direction == "t2i":
-            items.append((state.gallery.image_paths[pos], f"{state.gallery.images.ids[pos]}{mark}"))
+            items.append((state.gallery.thumbnail(pos), f"{state.gallery.image_labels[pos]}{mark}"))
         else:
             image = state.gallery.dataset.caption_image[pos]
-            items.append((state.gallery.image_paths[image],
+            items.append((state.gallery.thumbnail(image),
                           f"“{state.gallery.dataset.captions[pos]}”{mark}"))
     return items
 

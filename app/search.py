@@ -140,7 +140,10 @@ def image_search(state: AppState, image: Any, k: int = 10, cascade: CascadeConfi
         batch = gallery.dataset.images([position])
         encoded = state.model.encode_image_batches(iter([batch]), 1, 1)
         relevant, note = _image_ground_truth(state, position)
-        label = f"gallery image {gallery.dataset.image_ids[position]}"
+        label = f"gallery image {gallery.image_labels[position]}"
+    elif gallery.reads_region_features:
+        raise ImageError("this model reads precomputed region features, which cannot be computed from a "
+                         "picture here", fix="search with a gallery image (click it, or give its number)")
     else:
         pil = _decode_query_image(state, image)
         encoded = state.model.encode_images([pil])

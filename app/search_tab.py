@@ -40,7 +40,9 @@ class Controls:
         with gr.Accordion("Cascade settings (re-run the query live)", open=False):
             with gr.Row():
                 self.mode = gr.Radio(list(SEARCH_MODES), value="meet", label="mode",
-                                     info="meet: filters + reweighting; cascade: filters + dense re-rank")
+                                     info="meet: filters + reweighting; cascade: filters + dense re-rank; "
+                                          "release: the MEET release's re-sort (it ranks a query among a "
+                                          "batch of queries, so one query alone is not re-sorted)")
                 self.k = gr.Slider(1, state.settings.max_k, value=10, step=1, label="results (k)")
             with gr.Row():
                 self.hamming = gr.Slider(0.01, 1.0, value=_fraction(state, direction),
@@ -94,8 +96,8 @@ def image_results(state: AppState, outcome: SearchOutcome, which: str = "result"
     for rank, (pos, score) in enumerate(zip(result.ids[0], result.scores[0]), start=1):
         if pos < 0:
             continue
-        items.append((state.gallery.image_paths[pos],
-                      f"{_mark(outcome, pos)}#{rank} · {score:.3f} · {state.gallery.images.ids[pos]}"))
+        items.append((state.gallery.thumbnail(pos),
+                      f"{_mark(outcome, pos)}#{rank} · {score:.3f} · {state.gallery.image_labels[pos]}"))
     return items
 
 
@@ -191,24 +193,37 @@ def _text_panel(state: AppState, last_outcome: gr.State) -> None:
         control.change(live, inputs, outputs, api_visibility="private", trigger_mode="always_last")
 
 
+REGION_FEATURES_NOTE = (
+    "**Image queries come from the gallery here.** This model reads precomputed region features "
+    "(a Faster R-CNN's 36 region vectors per image, as in the MEET release), which cannot be computed "
+    "from an uploaded picture in this app; click a gallery image, or give its number.")
+
+
 def _image_panel(state: AppState, last_outcome: gr.State) -> None:
+    gallery = state.gallery
+    sources = []
     with gr.Row():
         with gr.Column(scale=2):
             with gr.Tab("Gallery image"):
-                picker = gr.Gallery([(state.gallery.image_paths[i], state.gallery.images.ids[i])
-                                     for i in range(min(PICKER_IMAGES, len(state.gallery.image_paths)))],
+                picker = gr.Gallery([(gallery.thumbnail(i), gallery.image_labels[i])
+                                     for i in range(min(PICKER_IMAGES, gallery.dataset.n_images))],
                                     columns=8, height=260, allow_preview=False,
                                     label="Click an image to search with it",
                                     elem_id="image-picker")
                 number = gr.Number(label="or its number in the gallery", precision=0, minimum=0,
-                                   maximum=max(0, state.gallery.dataset.n_images - 1))
+                                   maximum=max(0, gallery.dataset.n_images - 1))
                 gallery_button = gr.Button("Search with image number", variant="primary")
-            with gr.Tab("Upload"):
-                upload = gr.Image(type="filepath", label="Your image", sources=["upload", "clipboard"])
-                upload_button = gr.Button("Search with the upload", variant="primary")
-            with gr.Tab("Sketch"):
-                sketch = gr.Sketchpad(type="numpy", label="Draw shapes", canvas_size=(256, 256))
-                sketch_button = gr.Button("Search with the sketch", variant="primary")
+                sources.append((number, gallery_button))
+            if gallery.reads_region_features:
+                gr.Markdown(REGION_FEATURES_NOTE, elem_id="no-upload-note")
+            else:
+                with gr.Tab("Upload"):
+                    upload = gr.Image(type="filepath", label="Your image", sources=["upload", "clipboard"])
+                    upload_button = gr.Button("Search with the upload", variant="primary")
+                with gr.Tab("Sketch"):
+                    sketch = gr.Sketchpad(type="numpy", label="Draw shapes", canvas_size=(256, 256))
+                    sketch_button = gr.Button("Search with the sketch", variant="primary")
+                sources += [(upload, upload_button), (sketch, sketch_button)]
         with gr.Column(scale=3):
             info = gr.Markdown(elem_id="image-summary")
             with gr.Row():
@@ -230,7 +245,7 @@ def _image_panel(state: AppState, last_outcome: gr.State) -> None:
         """A click on a picker image searches with it at once (no race with a button)."""
         return (*run_image(state, event.index, k, mode, hamming, pq, top_z, alpha, beta), event.index)
     picker.select(guarded(pick, outputs=len(outputs)), controls.inputs, outputs, api_visibility="private")
-    for source, button in ((number, gallery_button), (upload, upload_button), (sketch, sketch_button)):
+    for source, button in sources:
         button.click(handler, [source, *controls.inputs], outputs, api_visibility="private")
     for control in controls.live:
         control.change(live, [last_image, *controls.inputs], outputs, api_visibility="private",

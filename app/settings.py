@@ -22,11 +22,23 @@ class AppSettings:
     """How the app starts and what it accepts."""
 
     checkpoint: str = str(REPO_ROOT / "assets" / "shapes-demo")
-    """Checkpoint folder (or a training run folder: its best checkpoint), or a Hugging Face
+    """Checkpoint folder (or a training run folder: its best checkpoint), a MEET release
+    checkpoint file (converted once into the cache, see meet.convert), or a Hugging Face
     Hub repo id ``org/name[@revision]`` (downloaded into the Hub cache; see meet.hub)."""
+    bert: str = ""
+    """With a release file of the BERT variant: the bert-base-uncased folder (config, vocab)."""
+    vocab: str = ""
+    """With a release file of the BiGRU variant: its vocabulary JSON."""
+    reranker: str = ""
+    """With a release file: the ESA checkpoint whose embeddings become the dense scores."""
     data: str = ""
-    """Gallery: a Karpathy-JSON data set or a plain folder of images. Empty: the Shapes
-    test split (1,000 images, 5,000 captions), generated from its seed into the cache."""
+    """Gallery: a Karpathy-JSON data set, a plain folder of images, or (for a model that
+    reads region features) a precomputed-feature folder. Empty: the Shapes test split
+    (1,000 images, 5,000 captions), generated from its seed into the cache."""
+    images: str = ""
+    """With a precomputed-feature gallery: the raw Flickr30K / COCO images, for thumbnails."""
+    image_ids: str = ""
+    """With ``images``: the split's SCAN/HREM id file (``test_ids.txt``) mapping rows to images."""
     captions: str = ""
     """With a plain image folder: a UTF-8 file of ``filename<TAB>caption`` lines."""
     split: str = "test"
@@ -59,7 +71,9 @@ _ENV = {
     "checkpoint": ("MEET_CHECKPOINT",), "data": ("MEET_DATA",), "captions": ("MEET_CAPTIONS",),
     "split": ("MEET_SPLIT",), "host": ("MEET_HOST", "GRADIO_SERVER_NAME"),
     "port": ("MEET_PORT", "GRADIO_SERVER_PORT"), "share": ("MEET_SHARE",),
-    "device": ("MEET_DEVICE",), "cache_dir": ("MEET_CACHE",),
+    "device": ("MEET_DEVICE",), "cache_dir": ("MEET_CACHE",), "bert": ("MEET_BERT",),
+    "vocab": ("MEET_VOCAB",), "reranker": ("MEET_RERANKER",), "images": ("MEET_IMAGES",),
+    "image_ids": ("MEET_IMAGE_IDS",),
 }
 """Environment variables per setting (first set one wins), e.g. for a Hugging Face Space."""
 
@@ -94,10 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python app.py", description="MEET Studio: search images and captions with MEET and "
         "see where its redundancy goes. Flags override the MEET_* environment variables.")
-    parser.add_argument("--checkpoint", help="checkpoint or training run folder, or a Hub repo id "
-                        "org/name[@revision] (MEET_CHECKPOINT)")
-    parser.add_argument("--data", help="Karpathy-JSON data set or image folder (MEET_DATA); "
-                        "default: the Shapes test split")
+    parser.add_argument("--checkpoint", help="checkpoint or training run folder, a MEET release "
+                        "model_best.pth.tar, or a Hub repo id org/name[@revision] (MEET_CHECKPOINT)")
+    parser.add_argument("--bert", help="bert-base-uncased folder, for a BERT-variant release file (MEET_BERT)")
+    parser.add_argument("--vocab", help="vocabulary JSON, for a BiGRU-variant release file (MEET_VOCAB)")
+    parser.add_argument("--reranker", help="ESA model_best.pth, with a release file (MEET_RERANKER)")
+    parser.add_argument("--data", help="Karpathy-JSON data set, image folder or precomputed-feature folder "
+                        "(MEET_DATA); default: the Shapes test split")
+    parser.add_argument("--images", help="raw images behind a precomputed-feature gallery (MEET_IMAGES)")
+    parser.add_argument("--image-ids", help="the split's id file mapping feature rows to --images "
+                        "(MEET_IMAGE_IDS), e.g. f30k_precomp/test_ids.txt")
     parser.add_argument("--captions", help="filename<TAB>caption file for an image folder (MEET_CAPTIONS)")
     parser.add_argument("--split", help="split of a Karpathy-JSON data set (MEET_SPLIT; default test)")
     parser.add_argument("--host", help="address to listen on (MEET_HOST; default 127.0.0.1)")
@@ -130,4 +150,7 @@ def check(settings: AppSettings) -> AppSettings:
         raise ConfigError(f"device {settings.device!r} is not auto, cpu or cuda")
     if settings.captions and not settings.data:
         raise ConfigError("--captions needs --data (the image folder the captions describe)")
+    if bool(settings.images) != bool(settings.image_ids):
+        raise ConfigError("--images and --image-ids go together",
+                          fix="pass the raw image folder and the split's id file, or neither")
     return settings

@@ -11,6 +11,7 @@ never used.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -32,6 +33,9 @@ from app.settings import AppSettings
 Report = Callable[[str], None]
 """Start-up progress: one line per step."""
 
+PLACEHOLDER_SIZE = 128
+"""Side of the square tile shown for an image without a file."""
+
 SHAPES_SIZES = {"n_train": 20000, "n_val": 1000, "n_test": 1000}
 """The Shapes split sizes whose test split is the default gallery (the benchmark's)."""
 
@@ -46,11 +50,34 @@ class Gallery:
     """Both keep their hash features (``.hash``), which the quantization-error view reads."""
     relevance: np.ndarray | None
     """bool (n_captions, n_images): truly relevant pairs (Shapes facts), else None."""
-    image_paths: list[str]
+    image_paths: list[str | None]
+    """Each image's file, for thumbnails; None where there is none (a precomputed-feature
+    gallery without ``--images``, or an image the id file names but the folder lacks)."""
+    image_labels: list[str]
+    """What each image is called on the page: its file name or its data set id."""
+    placeholder_dir: Path
+    """Where placeholder thumbnails (an image's id on a grey tile) are drawn, on first use."""
 
     @property
     def has_ground_truth(self) -> bool:
         return self.relevance is not None
+
+    @property
+    def reads_region_features(self) -> bool:
+        """A precomputed-feature gallery: images cannot be encoded from pixels (no uploads)."""
+        return self.dataset.kind == "precomp"
+
+    def thumbnail(self, position: int) -> str:
+        """The image file to show for gallery image ``position``: its own, or a placeholder
+        naming its id (drawn once into :attr:`placeholder_dir`)."""
+        path = self.image_paths[position]
+        if path is not None:
+            return path
+        label = self.image_labels[position]
+        target = self.placeholder_dir / f"{hashlib.sha256(label.encode()).hexdigest()[:16]}.png"
+        if not target.is_file():
+            _draw_placeholder(target, label)
+        return str(target)
 
     @property
     def is_shapes(self) -> bool:
@@ -90,7 +117,10 @@ def load_state(settings: AppSettings, report: Report = print) -> AppState:
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     report(f"loading checkpoint {settings.checkpoint}")
-    model = meet.load(settings.checkpoint, device=None if settings.device == "auto" else settings.device)
+    release_files = {name: getattr(settings, name) for name in ("bert", "vocab", "reranker")
+                     if getattr(settings, name)}
+    model = meet.load(settings.checkpoint, device=None if settings.device == "auto" else settings.device,
+                      **release_files)
     seconds["checkpoint"] = time.perf_counter() - start
     step = time.perf_counter()
     dataset = _load_dataset(settings, model, report)
@@ -113,7 +143,10 @@ def _warm_up(model: MEETModel, gallery: Gallery) -> None:
     from PIL import Image
 
     texts = model.encode_texts(["warm up"])
-    images = model.encode_images([Image.new("RGB", (model.cfg.model.image_size,) * 2, "white")])
+    if model.kind == "precomp":  # region features cannot be made from a picture: a gallery row
+        images = model.encode_image_batches(iter([gallery.dataset.images([0])]), 1, 1)
+    else:
+        images = model.encode_images([Image.new("RGB", (model.cfg.model.image_size,) * 2, "white")])
     if gallery.images.n_items:
         gallery.images.search(texts, k=1)
     if gallery.texts.n_items:
@@ -128,9 +161,12 @@ def _cuda_name(device: Any) -> str:
 def _load_dataset(settings: AppSettings, model: MEETModel, report: Report) -> ImageTextDataset:
     from meet.data.loading import detect_format, load_split
     if model.kind == "precomp":
-        raise DataError("this checkpoint reads precomputed region features, which the app cannot "
-                        "compute from an image", fix="open the app with a checkpoint that encodes images "
-                        "(image_encoder cnn or hf)")
+        if not settings.data:
+            raise DataError("this checkpoint reads precomputed region features, which the app cannot compute "
+                            "from a picture, and the default gallery is a folder of pictures",
+                            fix="pass --data with a precomputed-feature folder (e.g. f30k_precomp, with "
+                                "test_ims.npy and test_caps.txt), and --images/--image-ids for thumbnails")
+        return load_split(Path(settings.data), settings.split, model.cfg.model)
     if not settings.data:
         from meet.data.shapes import ensure_shapes
         folder = Path(settings.cache_dir) / f"shapes-test-seed{settings.shapes_seed}-{model.cfg.model.image_size}px"
@@ -153,4 +189,33 @@ def _load_gallery(settings: AppSettings, model: MEETModel, dataset: ImageTextDat
     if dataset.scenes is not None and dataset.caption_facts is not None:
         from meet.data.shapes import relevance_matrix
         relevance = relevance_matrix(dataset.caption_facts, dataset.scenes)
-    return Gallery(dataset, images, texts, relevance, [str(p) for p in getattr(dataset, "paths", [])])
+    paths: list[str | None] = [str(p) for p in getattr(dataset, "paths", [])] or [None] * dataset.n_images
+    labels = [str(i) for i in dataset.image_ids]
+    if settings.images:
+        from meet.data.image_ids import image_files, read_image_ids
+
+        labels = read_image_ids(settings.image_ids, dataset.n_images)
+        paths = [None if p is None else str(p) for p in image_files(settings.image_ids, settings.images,
+                                                                    dataset.n_images)]
+        report(f"thumbnails: {sum(p is not None for p in paths)} of {dataset.n_images} images found in "
+               f"{settings.images}")
+    return Gallery(dataset, images, texts, relevance, paths, labels, Path(settings.cache_dir) / "placeholders")
+
+
+def _draw_placeholder(target: Path, label: str) -> None:
+    """A grey tile that says which image it stands for (no picture was given for it)."""
+    from PIL import Image, ImageDraw
+
+    side = PLACEHOLDER_SIZE  # square: the galleries crop to squares
+    tile = Image.new("RGB", (side, side), (225, 225, 225))
+    draw = ImageDraw.Draw(tile)
+    draw.rectangle((0, 0, side - 1, side - 1), outline=(150, 150, 150))
+    lines = [("no image file", (90, 90, 90)), ("for id", (90, 90, 90))]
+    lines += [(label[i:i + 16], (20, 20, 20)) for i in range(0, min(len(label), 48), 16)]
+    for row, (text, colour) in enumerate(lines):
+        width = draw.textlength(text)
+        draw.text(((side - width) / 2, side / 2 - 8 * len(lines) + 16 * row), text, fill=colour)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{threading.get_ident()}")
+    tile.save(tmp, format="PNG")
+    tmp.replace(target)

@@ -53,7 +53,8 @@ def test_redundancy_notebook_states_the_measured_numbers(app_cache, app_state, m
     from meet.inference import Encoded
 
     monkeypatch.setenv("MEET_CACHE", str(app_cache))    # the app's rendered Shapes test split
-    monkeypatch.delenv("MEET_CHECKPOINT", raising=False)
+    for name in ("MEET_CHECKPOINT", "MEET_DATA", "MEET_SPLIT", "MEET_BERT", "MEET_VOCAB", "MEET_RERANKER"):
+        monkeypatch.delenv(name, raising=False)
     markdown, summary = _run(NOTEBOOK)
     gallery = app_state.gallery
     relevance = gallery.relevance
