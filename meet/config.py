@@ -427,14 +427,7 @@ def validate(cfg: MEETConfig) -> MEETConfig:
     ]
     if cfg.hash_refit is not None:
         validate_hash_refit(cfg.hash_refit)
-    not_finite = [name for section in (m, lo, t, c) for name, value in dataclasses.asdict(section).items()
-                  if isinstance(value, float) and not math.isfinite(value)]
-    if not_finite:
-        raise ConfigError(f"invalid value for --{not_finite[0].replace('_', '-')}",
-                          fix="expected a finite number (not nan or inf)")
-    for ok, flag, expected in checks:
-        if not ok:
-            raise ConfigError(f"invalid value for {flag}", fix=f"expected {expected}")
+    _raise_first_failure((m, lo, t, c), checks)
     return cfg
 
 
@@ -452,14 +445,21 @@ def validate_hash_refit(cfg: HashRefitConfig) -> HashRefitConfig:
          "non-negative weights"),
         (0 <= cfg.seed < 2**32, "--seed", "an integer in [0, 2**32)"),
     ]
-    for name, value in dataclasses.asdict(cfg).items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"invalid value for --{name.replace('_', '-')}",
-                              fix="expected a finite number (not nan or inf)")
+    _raise_first_failure((cfg,), checks)
+    return cfg
+
+
+def _raise_first_failure(sections: tuple[Any, ...], checks: list[tuple[bool, str, str]]) -> None:
+    """A :class:`ConfigError` naming the first non-finite float field of ``sections``, else
+    the flag of the first failed ``(ok, flag, expected)`` check."""
+    for section in sections:
+        for name, value in dataclasses.asdict(section).items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"invalid value for --{name.replace('_', '-')}",
+                                  fix="expected a finite number (not nan or inf)")
     for ok, flag, expected in checks:
         if not ok:
             raise ConfigError(f"invalid value for {flag}", fix=f"expected {expected}")
-    return cfg
 
 
 RELEASE_ENCODERS = choices(ReleaseVariant)
