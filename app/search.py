@@ -137,8 +137,7 @@ def image_search(state: AppState, image: Any, k: int = 10, cascade: CascadeConfi
         position = int(image)
         if not 0 <= position < gallery.dataset.n_images:
             raise DataError(f"gallery image #{position} does not exist (0-{gallery.dataset.n_images - 1})")
-        batch = gallery.dataset.images([position])
-        encoded = state.model.encode_image_batches(iter([batch]), 1, 1)
+        encoded = state.model.encode_dataset_images(gallery.dataset, [position], batch_size=1)
         relevant, note = _image_ground_truth(state, position)
         label = f"gallery image {gallery.image_labels[position]}"
     elif gallery.reads_region_features:

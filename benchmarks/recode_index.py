@@ -40,7 +40,7 @@ TOLERANCE = 2e-3
 def verify_same_encoders(model: MEETModel, ds, images: GalleryIndex, texts: GalleryIndex) -> float:
     """Largest |stored - re-encoded| over a sample of both sides; raises if above tolerance."""
     rows = np.linspace(0, ds.n_images - 1, num=min(CHECK_ITEMS, ds.n_images)).astype(int)
-    fresh_images = model.encode_image_batches(iter([ds.images(rows.tolist())]), len(rows), len(rows)).dense
+    fresh_images = model.encode_dataset_images(ds, rows.tolist(), batch_size=len(rows)).dense
     caption_rows = np.linspace(0, len(ds.captions) - 1, num=min(CHECK_ITEMS, len(ds.captions))).astype(int)
     fresh_texts = model.encode_texts([ds.captions[r] for r in caption_rows]).dense
     gap = max(float(np.abs(np.asarray(images.dense[rows], np.float32) - fresh_images).max()),

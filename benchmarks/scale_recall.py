@@ -45,8 +45,7 @@ def sample_queries(model, ds, side: str, n: int, seed: int) -> Encoded:
     rows = np.sort(np.random.default_rng(seed).choice(n_items, size=min(n, n_items), replace=False))
     if side == "text":
         return model.encode_texts([ds.captions[r] for r in rows])
-    batches = (ds.images(rows[s:s + 256].tolist()) for s in range(0, len(rows), 256))
-    return model.encode_image_batches(batches, len(rows), 256)
+    return model.encode_dataset_images(ds, rows.tolist(), batch_size=256)
 
 
 def dense_top10(queries: Encoded, gallery: GalleryIndex) -> tuple[np.ndarray, np.ndarray]:

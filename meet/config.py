@@ -24,8 +24,8 @@ from meet.errors import ConfigError
 # ``choices`` and the code that dispatches on a value all read it (``choices(...)``).
 ReleaseVariant = Literal["release_bert", "release_bigru"]
 """The MEET release's two models (``at_bert/``, ``at/``), ported; built by ``meet.convert``."""
-ImageEncoder = Literal["precomp", "cnn", "hf", ReleaseVariant]
-TextEncoder = Literal["bigru", "bert", ReleaseVariant]
+ImageEncoder = Literal["precomp", "cnn", "hf", "clip", ReleaseVariant]
+TextEncoder = Literal["bigru", "bert", "clip", ReleaseVariant]
 Reranker = Literal["", "esa_bert", "esa_bigru"]
 """The dense tower of a release model: none (MEET's own embedding) or an ESA model."""
 Ranking = Literal["hinge", "infonce"]
@@ -54,9 +54,11 @@ class ModelConfig:
 
     image_encoder: ImageEncoder = "precomp"
     """Image tower: ``precomp`` (region features), ``cnn`` (small grid CNN trained from
-    scratch on raw pixels) or ``hf`` (a transformers vision backbone)."""
+    scratch on raw pixels), ``hf`` (a transformers vision backbone) or ``clip`` (a frozen
+    CLIP image tower; with ``text_encoder=clip``, made by ``meet.fit_codes``)."""
     text_encoder: TextEncoder = "bigru"
-    """Text tower: ``bigru`` (vocabulary from the training captions) or ``bert``."""
+    """Text tower: ``bigru`` (vocabulary from the training captions), ``bert`` or ``clip``
+    (a frozen CLIP text tower, with ``image_encoder=clip``)."""
     embed_dim: int = 1024
     """Joint (dense) embedding size."""
     n_bits: int = 64
@@ -88,6 +90,10 @@ class ModelConfig:
     """Tokens kept per caption (longer captions are truncated)."""
     vocab_size: int = 0
     """Filled from the vocabulary at build time; 0 means 'not built yet'."""
+    clip_backbone: str = ""
+    """``clip`` towers: where the CLIP model came from (a Hub id such as
+    ``openai/clip-vit-base-patch32`` or a local folder in transformers' CLIPModel layout).
+    A record: a checkpoint rebuilds the towers from its own saved files and weights."""
 
     # --- The MEET release's architectures, ported (``python -m meet.convert release``) ---
     # Written by :mod:`meet.convert` from the release checkpoint's ``opt`` and weight shapes;
@@ -320,6 +326,51 @@ class HashRefitConfig:
 
 
 @dataclass
+class FitCodesConfig:
+    """``python -m meet.fit_codes``: MEET's Stage I codes (the two hash heads and the PQ
+    codebooks) fitted on a *frozen* dual encoder's cached embeddings (a CLIP model, or a
+    MEET checkpoint's dense towers). The heads are trained by ``meet.hash_refit``'s
+    listwise distillation (its settings are the checkpoint's ``hash_refit`` section) plus
+    Stage I's L_f and L_q; the codebooks L_q reads are refit by k-means as the heads move.
+
+    The first fields record how the checkpoint was made (written by the CLI, not flags)."""
+
+    backbone: str = ""
+    """Record: the dual encoder (a CLIP Hub id or folder, or a MEET checkpoint folder)."""
+    data: str = ""
+    """Record: the data the codes were fitted on."""
+    split: str = ""
+    """Record: its split (``all`` for a plain image folder)."""
+    captions: str = ""
+    """Record: the captions file of a plain folder ("" when none)."""
+    n_images: int = 0
+    """Record: images encoded."""
+    n_captions: int = 0
+    """Record: captions encoded."""
+    pseudo_queries: bool = False
+    """Record: True when there were no captions and the text head was trained with image
+    embeddings as pseudo-queries (see ``meet/fit_codes.py``)."""
+    encode_seconds: float = 0.0
+    """Record: wall time of the encoding (0 when every chunk came from the cache)."""
+    fit_seconds: float = 0.0
+    """Record: wall time of the head training and codebook fitting."""
+    lf_weight: float = 1.0
+    """Weight of L_f (MSE between the hash-space and dense cosine matrices of a paired batch)."""
+    lq_weight: float = 0.1
+    """Weight of L_q (quantization error against the current codebooks + push towards binary)."""
+    lq_binary_weight: float = 0.1
+    """Inside L_q: weight of the push of h towards {-1, +1}."""
+    codebook_refits: int = 4
+    """Times the codebooks that L_q reads are refit (k-means) during the head training."""
+    regularizer_batch: int = 256
+    """Paired items per step for L_f and L_q."""
+    chunk_size: int = 2048
+    """Items per chunk of the on-disk embedding cache; an interrupted run loses at most one."""
+    encode_batch: int = 64
+    """Images (and 4x as many captions) per encoder forward pass."""
+
+
+@dataclass
 class MEETConfig:
     """The whole configuration; stored as ``config.json`` in each checkpoint."""
 
@@ -332,6 +383,9 @@ class MEETConfig:
     """Set by ``meet.hash_refit``: the settings its hash heads and codebooks were refit
     with (None: trained with the model). A record of how the checkpoint was made; its
     fields are not training flags."""
+    fit_codes: FitCodesConfig | None = None
+    """Set by ``meet.fit_codes``: the frozen encoder and data the codes were fitted on, and
+    the settings (None otherwise). A record, like ``hash_refit``."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -349,15 +403,16 @@ class MEETConfig:
         unknown = set(data) - CONFIG_KEYS
         if unknown:
             raise ConfigError(f"unknown config section(s) {sorted(unknown)}",
-                              fix="remove them; sections are model, loss, train, cascade, hash_refit")
+                              fix="remove them; sections are model, loss, train, cascade, hash_refit, fit_codes")
         sections = {}
         for name, klass in known.items():
             if klass is None:
                 continue
             sections[name] = _build_section(klass, data.get(name, {}), name)
-        refit = data.get("hash_refit")
+        refit, fitted = data.get("hash_refit"), data.get("fit_codes")
         return cls(preset=str(data.get("preset", "default")), **sections,
-                   hash_refit=None if refit is None else _build_section(HashRefitConfig, refit, "hash_refit"))
+                   hash_refit=None if refit is None else _build_section(HashRefitConfig, refit, "hash_refit"),
+                   fit_codes=None if fitted is None else _build_section(FitCodesConfig, fitted, "fit_codes"))
 
     def override(self, **changes: Any) -> "MEETConfig":
         """Return a copy with fields changed by their (unique) names."""
@@ -376,9 +431,9 @@ def validate(cfg: MEETConfig) -> MEETConfig:
     m, lo, t, c = cfg.model, cfg.loss, cfg.train, cfg.cascade
     checks = [
         (m.image_encoder in choices(ImageEncoder), "--image-encoder",
-         "precomp, cnn or hf (release_bert/release_bigru come from meet.convert)"),
+         "precomp, cnn or hf (release_bert/release_bigru come from meet.convert, clip from meet.fit_codes)"),
         (m.text_encoder in choices(TextEncoder), "--text-encoder",
-         "bigru or bert (release_bert/release_bigru come from meet.convert)"),
+         "bigru or bert (release_bert/release_bigru come from meet.convert, clip from meet.fit_codes)"),
         (m.embed_dim > 0, "--embed-dim", "a positive size"),
         (m.n_bits > 0 and m.n_bits % 8 == 0, "--n-bits", "a positive multiple of 8"),
         (m.n_codebooks > 0 and m.n_bits % max(m.n_codebooks, 1) == 0, "--n-codebooks",
@@ -390,6 +445,8 @@ def validate(cfg: MEETConfig) -> MEETConfig:
         (m.gru_layers > 0 and m.max_text_len > 0, "--gru-layers/--max-text-len", "positive values"),
         (m.image_encoder != "hf" or bool(m.vision_backbone), "--vision-backbone",
          "a path or name when --image-encoder hf"),
+        ((m.image_encoder == "clip") == (m.text_encoder == "clip"), "--image-encoder/--text-encoder",
+         "clip on both sides (one CLIP model's two towers; made by python -m meet.fit_codes)"),
         (lo.ranking in choices(Ranking), "--ranking", " or ".join(choices(Ranking))),
         (lo.margin >= 0 and lo.temperature > 0, "--margin/--temperature", "margin >= 0, temperature > 0"),
         (0 <= lo.reweight_strength <= 1 and lo.reweight_temperature > 0,
@@ -427,6 +484,8 @@ def validate(cfg: MEETConfig) -> MEETConfig:
     ]
     if cfg.hash_refit is not None:
         validate_hash_refit(cfg.hash_refit)
+    if cfg.fit_codes is not None:
+        validate_fit_codes(cfg.fit_codes)
     _raise_first_failure((m, lo, t, c), checks)
     return cfg
 
@@ -444,6 +503,21 @@ def validate_hash_refit(cfg: HashRefitConfig) -> HashRefitConfig:
         (min(cfg.weight, cfg.binary_weight, cfg.i2t_weight) >= 0, "--weight/--binary-weight/--i2t-weight",
          "non-negative weights"),
         (0 <= cfg.seed < 2**32, "--seed", "an integer in [0, 2**32)"),
+    ]
+    _raise_first_failure((cfg,), checks)
+    return cfg
+
+
+def validate_fit_codes(cfg: FitCodesConfig) -> FitCodesConfig:
+    """Reject fit_codes settings no run can use, naming the flag; returns ``cfg``."""
+    checks = [
+        (min(cfg.lf_weight, cfg.lq_weight, cfg.lq_binary_weight) >= 0,
+         "--lf-weight/--lq-weight/--lq-binary-weight", "non-negative weights"),
+        (cfg.codebook_refits >= 1, "--codebook-refits", "at least 1"),
+        (cfg.regularizer_batch >= 2, "--regularizer-batch", "at least 2"),
+        (cfg.chunk_size >= 1 and cfg.encode_batch >= 1, "--chunk-size/--encode-batch", "at least 1"),
+        (min(cfg.n_images, cfg.n_captions) >= 0 and min(cfg.encode_seconds, cfg.fit_seconds) >= 0,
+         "fit_codes record", "non-negative counts and times"),
     ]
     _raise_first_failure((cfg,), checks)
     return cfg
@@ -551,10 +625,21 @@ def release_cascade(cfg: "MEETConfig") -> CascadeConfig:
                                pq_space="hash", reciprocal_k=0, survivor_rounding="floor")
 
 
+FIT_CODES_SEARCH: dict[str, float | str] = {
+    "hamming_scores": "asymmetric", "pq_space": "residual",
+    "hamming_rate_t2i": 2000, "pq_rate_t2i": 300, "hamming_rate_i2t": 2000, "pq_rate_i2t": 300}
+"""The Stage II settings a ``meet.fit_codes`` checkpoint starts with: the README's
+recommended count rates for a large gallery (R = 2,000 Hamming survivors, q = 300 after
+the quantization filter) with the asymmetric Hamming filter and residual quantization of
+the dense vectors, the combination measured to keep >= 0.95 of the dense top-10 on 100k
+Shapes images with distilled heads. A gallery smaller than R is searched by the
+quantization filter and re-rank alone (every item survives the Hamming filter)."""
+
+
 SECTIONS: dict[str, type] = {"model": ModelConfig, "loss": LossConfig, "train": TrainConfig,
                              "cascade": CascadeConfig}
 """The sections whose fields are training flags (``hash_refit`` is a record, not flags)."""
-CONFIG_KEYS = frozenset({*SECTIONS, "preset", "hash_refit"})
+CONFIG_KEYS = frozenset({*SECTIONS, "preset", "hash_refit", "fit_codes"})
 """Every top-level key a ``config.json`` may hold."""
 
 

@@ -116,14 +116,31 @@ class MEETModel:
                     report(offset + done, total)
             return step
 
-        batches = (dataset.images(range(s, min(s + batch_size, n_images))) for s in range(0, n_images, batch_size))
         try:
-            images = self.encode_image_batches(batches, n_images, batch_size, progress=tick(0))
+            images = self.encode_dataset_images(dataset, batch_size=batch_size, progress=tick(0))
             texts = self.encode_texts(dataset.captions, batch_size=batch_size * 4, progress=tick(n_images))
         finally:
             if bar is not None:
                 bar.close()
         return images, texts
+
+    def encode_dataset_images(self, dataset: Any, rows: Sequence[int] | None = None, batch_size: int = 256,
+                              progress: Callable[[int, int], None] | None = None) -> Encoded:
+        """Images ``rows`` (default: all) of a data set split, in that order.
+
+        An image tower with its own preprocessing (``own_preprocessing``: CLIP's resize,
+        centre crop and normalisation) reads each image from its file through that; the
+        others take the data set's square uint8 tensors (what they were trained on). So a
+        gallery image and the same picture given as a query encode alike."""
+        rows = list(range(dataset.n_images)) if rows is None else [int(r) for r in rows]
+        paths = getattr(dataset, "paths", None)
+        from_files = getattr(self.model.image_encoder, "own_preprocessing", False) and paths is not None
+
+        def batches():
+            for start in range(0, len(rows), batch_size):
+                chunk = rows[start:start + batch_size]
+                yield self._image_batch([paths[r] for r in chunk]) if from_files else dataset.images(chunk)
+        return self.encode_image_batches(batches(), len(rows), batch_size, progress)
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 1024,
                      progress: Callable[[int, int], None] | None = None) -> Encoded:

@@ -282,8 +282,8 @@ def test_unknown_encoder_names_list_the_choices():
         build_image_encoder(ModelConfig(image_encoder="resnet"))
     with pytest.raises(ConfigError, match="bigru, bert"):
         build_text_encoder(ModelConfig(text_encoder="lstm"))
-    assert IMAGE_ENCODERS == ("precomp", "cnn", "hf", "release_bert", "release_bigru")
-    assert TEXT_ENCODERS == ("bigru", "bert", "release_bert", "release_bigru")
+    assert IMAGE_ENCODERS == ("precomp", "cnn", "hf", "clip", "release_bert", "release_bigru")
+    assert TEXT_ENCODERS == ("bigru", "bert", "clip", "release_bert", "release_bigru")
 
 
 def test_importing_the_factory_does_not_import_transformers():

@@ -1,7 +1,7 @@
 """Encoder factory: build the image and text towers by name from a :class:`ModelConfig`.
 
-Every encoder ends in the same :class:`~meet.encoders.pooling.ProjectAndPool` head and
-returns L2-normalised ``(batch, embed_dim)`` embeddings. The common surface:
+Every encoder returns L2-normalised ``(batch, embed_dim)`` embeddings; those trained here end
+in the same :class:`~meet.encoders.pooling.ProjectAndPool` head. The common surface:
 
 * image encoders: ``preprocess(pil_images) -> Tensor`` and
   ``forward(images, return_weights=False)``;
@@ -13,7 +13,9 @@ returns L2-normalised ``(batch, embed_dim)`` embeddings. The common surface:
 A checkpoint is rebuilt without the original hub name or path: pass ``saved_dir`` (the
 folder ``save_extra`` wrote into) and the architecture is built from those files with
 random weights, which the caller then replaces with the checkpoint's state dict.
-``transformers`` is imported only when an ``hf``/``bert`` encoder is built.
+``transformers`` is imported only when an ``hf``/``bert``/``clip`` encoder is built. The ``clip``
+towers (:mod:`.clip`) are a pretrained CLIP model's own, frozen, with no pooling head:
+``meet.fit_codes`` fits MEET's codes on them.
 """
 
 from __future__ import annotations
@@ -30,10 +32,10 @@ from meet.encoders.pooling import ProjectAndPool
 from meet.encoders.text_bigru import BiGRUTextEncoder
 from meet.errors import ConfigError
 
-IMAGE_ENCODERS = ("precomp", "cnn", "hf", *RELEASE_ENCODERS)
+IMAGE_ENCODERS = ("precomp", "cnn", "hf", "clip", *RELEASE_ENCODERS)
 """Names accepted by ``ModelConfig.image_encoder`` (the ``release_*`` towers are ports of the
 MEET release, built only from a folder that :mod:`meet.convert` wrote)."""
-TEXT_ENCODERS = ("bigru", "bert", *RELEASE_ENCODERS)
+TEXT_ENCODERS = ("bigru", "bert", "clip", *RELEASE_ENCODERS)
 """Names accepted by ``ModelConfig.text_encoder``."""
 
 __all__ = ["IMAGE_ENCODERS", "TEXT_ENCODERS", "ProjectAndPool", "build_image_encoder",
@@ -54,6 +56,9 @@ def build_image_encoder(cfg: ModelConfig, saved_dir: Path | None = None) -> nn.M
     if name == "hf":
         from meet.encoders.image_hf import build_hf_image_encoder
         return build_hf_image_encoder(cfg, saved_dir)
+    if name == "clip":
+        from meet.encoders.clip import build_clip_image_encoder
+        return build_clip_image_encoder(cfg, saved_dir)
     if name in RELEASE_ENCODERS:
         from meet.encoders.release_towers import build_release_image_encoder
         return build_release_image_encoder(cfg, saved_dir)
@@ -78,6 +83,9 @@ def build_text_encoder(cfg: ModelConfig, vocab: Vocabulary | None = None,
     if name == "bert":
         from meet.encoders.text_bert import build_bert_text_encoder
         return build_bert_text_encoder(cfg, saved_dir)
+    if name == "clip":
+        from meet.encoders.clip import build_clip_text_encoder
+        return build_clip_text_encoder(cfg, saved_dir)
     if name in RELEASE_ENCODERS:
         from meet.encoders.release_towers import build_release_text_encoder
         return build_release_text_encoder(cfg, saved_dir)
