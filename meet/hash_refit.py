@@ -36,6 +36,7 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -138,39 +139,61 @@ def _straight_through_codes(head: nn.Module, dense: torch.Tensor) -> torch.Tenso
 
 
 def listwise_distillation(query_head: nn.Module, gallery_head: nn.Module, query_dense: torch.Tensor,
-                          gallery_dense: torch.Tensor, cfg: HashRefitConfig) -> torch.Tensor:
+                          gallery_dense: torch.Tensor, cfg: HashRefitConfig,
+                          exclude: torch.Tensor | None = None) -> torch.Tensor:
     """KL(dense ranking || code ranking) of each query over the whole gallery batch.
 
     Both rankings are softmax distributions over the gallery: the target from the dense
     cosine, sharp enough (``teacher_temperature``) to weigh the top few items most, and
     the student from the binary codes' inner product (``n_bits - 2 * Hamming``), so the
     loss asks exactly for what the Hamming filter needs: the dense top stays on top.
+    ``exclude`` (n_queries, n_gallery) bool drops pairs from both rankings (a pseudo-query's
+    own item, see :func:`distill_hash_heads`).
     """
-    target = F.softmax(query_dense @ gallery_dense.T / cfg.teacher_temperature, dim=1)
+    logits = query_dense @ gallery_dense.T / cfg.teacher_temperature
     q_codes = _straight_through_codes(query_head, query_dense)
     g_codes = _straight_through_codes(gallery_head, gallery_dense)
-    student = F.log_softmax(q_codes @ g_codes.T / q_codes.shape[1] / cfg.student_temperature, dim=1)
-    return (target * (torch.log(target + 1e-12) - student)).sum(dim=1).mean()
+    student_logits = q_codes @ g_codes.T / q_codes.shape[1] / cfg.student_temperature
+    if exclude is not None:
+        logits = logits.masked_fill(exclude, float("-inf"))
+        student_logits = student_logits.masked_fill(exclude, float("-inf"))
+    target = F.softmax(logits, dim=1)
+    student = F.log_softmax(student_logits, dim=1)
+    kept = target > 0  # excluded pairs: 0 * (-inf) would be nan
+    return torch.where(kept, target * (torch.log(target + 1e-12) - student), 0.0).sum(dim=1).mean()
 
 
 def distill_hash_heads(image_head: nn.Module, text_head: nn.Module, image_dense: torch.Tensor,
-                       text_dense: torch.Tensor, cfg: HashRefitConfig, progress: bool = False) -> list[float]:
+                       text_dense: torch.Tensor | None, cfg: HashRefitConfig, progress: bool = False,
+                       extra_loss: Callable[[int], torch.Tensor] | None = None) -> list[float]:
     """ITQ start (:func:`itq_hash_heads`, then each side centred on its own mean: images
     and captions have different means, and one joint centre wastes bits on the modality
     gap), then ``cfg.distill_steps`` Adam steps of :func:`listwise_distillation`; returns
-    the loss of every step. Works on cached, L2-normalised dense vectors."""
+    the loss of every step. Works on cached, L2-normalised dense vectors.
+
+    ``text_dense=None``: no captions; the image embeddings stand in for the text queries
+    (and for the caption gallery of the image-query term), each pseudo-query's own image
+    left out of its ranking, which would otherwise be a one-hot target that teaches
+    nothing (``meet.fit_codes`` explains when this is sound). ``extra_loss(step)``: a term
+    added at every step (``meet.fit_codes``'s L_f and L_q)."""
     from tqdm.auto import tqdm
 
-    itq_hash_heads(image_head, text_head, image_dense, text_dense, cfg)
+    pseudo = text_dense is None
+    text_side = image_dense if pseudo else text_dense
+    itq_hash_heads(image_head, text_head, image_dense, text_side, cfg)
     with torch.no_grad():
-        for head, dense in ((image_head, image_dense), (text_head, text_dense)):
+        for head, dense in ((image_head, image_dense), (text_head, text_side)):
             head.linear.bias.copy_(-head.linear.weight @ dense.float().mean(dim=0))
     generator = torch.Generator().manual_seed(cfg.seed)
 
     def sample(n: int, size: int) -> torch.Tensor:
         return torch.randperm(n, generator=generator)[:min(size, n)]
 
-    images = image_dense[sample(image_dense.shape[0], cfg.distill_gallery)]
+    def own(query_rows: torch.Tensor, gallery_rows: torch.Tensor) -> torch.Tensor | None:
+        return (query_rows[:, None] == gallery_rows[None, :]).to(image_dense.device) if pseudo else None
+
+    gallery_rows = sample(image_dense.shape[0], cfg.distill_gallery)
+    images = image_dense[gallery_rows]
     heads = (image_head, text_head)
     for head in heads:
         head.train()
@@ -178,14 +201,18 @@ def distill_hash_heads(image_head: nn.Module, text_head: nn.Module, image_dense:
     optimizer = torch.optim.Adam(params, lr=cfg.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.distill_steps)
     history = []
-    for _ in tqdm(range(cfg.distill_steps), desc="distil hash heads", disable=not progress):
-        queries = text_dense[sample(text_dense.shape[0], cfg.distill_batch)]
-        loss = listwise_distillation(text_head, image_head, queries, images, cfg)
+    for step in tqdm(range(cfg.distill_steps), desc="distil hash heads", disable=not progress):
+        query_rows = sample(text_side.shape[0], cfg.distill_batch)
+        loss = listwise_distillation(text_head, image_head, text_side[query_rows], images, cfg,
+                                     own(query_rows, gallery_rows))
         if cfg.i2t_weight > 0:
-            captions = text_dense[sample(text_dense.shape[0], cfg.distill_gallery)]
-            image_queries = image_dense[sample(image_dense.shape[0], cfg.distill_batch)]
-            loss = loss + cfg.i2t_weight * listwise_distillation(image_head, text_head, image_queries,
-                                                                 captions, cfg)
+            caption_rows = sample(text_side.shape[0], cfg.distill_gallery)
+            image_rows = sample(image_dense.shape[0], cfg.distill_batch)
+            loss = loss + cfg.i2t_weight * listwise_distillation(
+                image_head, text_head, image_dense[image_rows], text_side[caption_rows], cfg,
+                own(image_rows, caption_rows))
+        if extra_loss is not None:
+            loss = loss + extra_loss(step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -298,10 +298,11 @@ def gallery_quantizer(model: "MEETModel", side: str, items: Any, cfg: "MEETConfi
     ``cfg.cascade.pq_space`` (default: the model's config): the model's own codebooks for
     ``hash``; for the dense spaces, fitted on up to ``pq_fit_items`` of the gallery's own
     ``items`` (an Encoded), seeded by ``train.seed`` (no labels: faiss's ``train`` on the
-    database vectors, as for any faiss index)."""
+    database vectors, as for any faiss index). An empty side (a gallery without captions)
+    gets the model's codebooks whatever the space: there is nothing to fit, nor to search."""
     cfg = cfg or model.cfg
     klass = quantizer_class(cfg.cascade.pq_space)
-    if klass is HashPQ:
+    if klass is HashPQ or np.asarray(items.dense).shape[0] == 0:
         pq = model.model.image_pq if side == "image" else model.model.text_pq
         if not pq.is_fitted:
             raise CheckpointError("the checkpoint's product quantizers are not fitted",
@@ -332,11 +333,14 @@ def quantizer_from_arrays(space: str, arrays: dict[str, np.ndarray], settings: d
 def fitting_sample(vectors: np.ndarray, codebook_size: int, max_items: int, seed: int, what: str) -> np.ndarray:
     """Up to ``max_items`` rows of ``vectors`` (sampled with ``seed``, in gallery order) as
     contiguous float32, for fitting codebooks of ``codebook_size`` codewords; a gallery
-    smaller than one codebook is a clear error."""
+    smaller than one codebook, or than the vectors' dimension (faiss's OPQ and residual
+    training start with a PCA of the sample), is a clear error."""
     n = vectors.shape[0]
-    if n < codebook_size:
-        raise ConfigError(f"pq_space={what!r} needs at least codebook_size={codebook_size} gallery items to fit "
-                          f"its codebooks, got {n}", fix="use pq_space='hash' for small galleries")
+    least = max(codebook_size, vectors.shape[1] if vectors.ndim == 2 else 0)
+    if n < least:
+        raise ConfigError(f"pq_space={what!r} needs at least {least} gallery items to fit its codebooks "
+                          f"(codebook_size={codebook_size}, {vectors.shape[1]}-d vectors), got {n}",
+                          fix="use pq_space='hash' for small galleries")
     rows = np.arange(n) if n <= max_items else np.sort(
         np.random.default_rng(seed).choice(n, size=max_items, replace=False))
     return np.ascontiguousarray(np.asarray(vectors[rows], dtype=np.float32))
