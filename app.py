@@ -10,6 +10,7 @@ why instead of serving a traceback.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     from app.settings import from_args
     settings = from_args(argv)
+    # Uploads go into the app's cache, nowhere else (before gradio reads the setting).
+    os.environ["GRADIO_TEMP_DIR"] = str(Path(settings.cache_dir).expanduser().resolve() / "gradio")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     from meet.errors import MEETError
 

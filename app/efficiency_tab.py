@@ -27,7 +27,9 @@ SINGLE_QUERIES = 20
 
 
 def query_batch(state: AppState, direction: str, n_queries: int) -> Encoded:
-    """The first ``n_queries`` items of the query side, as encodings (no model call)."""
+    """The first ``n_queries`` items of the query side, as encodings (no model call): captions
+    for ``t2i``, images for ``i2t`` and ``i2i`` (image queries over the images, what a gallery
+    without captions can time)."""
     gallery = state.gallery
     index = gallery.texts if direction == "t2i" else gallery.images
     n = min(n_queries, index.n_items)
@@ -41,7 +43,7 @@ def measure(state: AppState, direction: str, n_queries: int = 256, repeats: int 
     queries = query_batch(state, direction, n_queries)
     if len(queries) == 0:
         raise gr.Error("the query side of this gallery is empty; nothing to time")
-    gallery = state.gallery.images if direction == "t2i" else state.gallery.texts
+    gallery = state.gallery.texts if direction == "i2t" else state.gallery.images
     rows = []
     for mode in MODES:
         best, timings = np.inf, {}
@@ -118,7 +120,9 @@ def render(state: AppState) -> None:
         gr.Dataframe(bytes_table(state), headers=["representation", "bytes per item", "read by"],
                      label="Bytes per item (image gallery)")
         with gr.Row():
-            direction = gr.Radio(["t2i", "i2t"], value="t2i", label="direction")
+            has_captions = state.gallery.texts.n_items > 0
+            direction = gr.Radio(["t2i", "i2t", "i2i"], value="t2i" if has_captions else "i2i",
+                                 label="direction (i2i: image queries over the images)")
             n_queries = gr.Number(256, precision=0, label="queries", minimum=1, maximum=4096,
                                   elem_id="efficiency-queries")
             button = gr.Button("Measure", variant="primary")

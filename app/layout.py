@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from app import api, efficiency_tab, redundancy_tab, search_tab
+from app import api, efficiency_tab, redundancy_tab, search_tab, your_gallery
 from app.state import AppState
 
 TITLE = "MEET Studio"
@@ -15,21 +15,26 @@ def header(state: AppState) -> str:
     gallery, cfg = state.gallery, state.model.cfg
     truth = ("Shapes ground truth (every caption-image pair's relevance is known)" if gallery.has_ground_truth
              else "no ground truth beyond the data set's own pairs")
+    fitted = (f" MEET's codes were fitted on this gallery for the CLIP model `{state.backbone}` (frozen towers; "
+              "`meet.fit_codes`, cached)." if state.backbone else "")
     return (f"# {TITLE}\nImage-text retrieval with MEET: a Hamming filter, a quantization filter, then a "
             f"reweighted re-rank. **Device: {state.device_label}.** Checkpoint `{cfg.preset or 'custom'}` "
             f"({cfg.model.image_encoder} + {cfg.model.text_encoder}, {cfg.model.n_bits}-bit codes, "
             f"{cfg.model.n_codebooks} x {cfg.model.codebook_size} codebooks). Gallery: "
             f"{gallery.dataset.n_images:,} images and {gallery.dataset.n_captions:,} captions "
-            f"({gallery.dataset.name}/{gallery.dataset.split}); {truth}. Model, gallery and index "
+            f"({gallery.dataset.name}/{gallery.dataset.split}); {truth}.{fitted} Model, gallery and index "
             f"loaded in {state.startup_seconds['total']:.1f} s.")
 
 
 def build_demo(state: AppState) -> gr.Blocks:
-    """The app: Search, Redundancy and Efficiency tabs plus the named API endpoints."""
-    with gr.Blocks(title=TITLE) as demo:
+    """The app: Search, Your gallery, Redundancy and Efficiency tabs plus the named API endpoints.
+    ``delete_cache``: files gradio wrote for the page (result thumbnails) older than a day are
+    removed daily, so a long-running server's upload folder does not grow without end."""
+    with gr.Blocks(title=TITLE, delete_cache=(86400, 86400)) as demo:
         gr.Markdown(header(state), elem_id="header")
         last_outcome = gr.State(None)
         search_tab.render(state, last_outcome)
+        your_gallery.render(state)
         redundancy_tab.render(state, last_outcome, demo)
         efficiency_tab.render(state)
         api.register(state)

@@ -15,6 +15,7 @@ import gradio as gr
 import numpy as np
 
 from meet import analysis, figures
+from meet.errors import DataError
 from meet.inference import Encoded
 
 from app.efficiency_tab import query_batch
@@ -52,23 +53,36 @@ def all_queries(state: AppState, direction: str) -> Encoded:
     return query_batch(state, direction, side.n_items)
 
 
+NO_CAPTIONS = "This gallery has no captions, so there are no caption codes to show."
+
+
+def _sides(state: AppState) -> dict[str, Any]:
+    """The gallery's non-empty sides (an image folder without captions has no text side)."""
+    gallery = state.gallery
+    return {side: index for side, index in (("image", gallery.images), ("text", gallery.texts)) if index.n_items}
+
+
 def codebook_figures(state: AppState) -> tuple:
     def compute() -> tuple:
-        gallery = state.gallery
+        sides = _sides(state)
         usage = {side: analysis.codebook_usage(index.pq_codes, index.codebooks.shape[1])
-                 for side, index in (("image", gallery.images), ("text", gallery.texts))}
+                 for side, index in sides.items()}
         # Each index's own quantizer: what it reads (hash features or dense vectors) and decodes.
         errors = {side: analysis.quantization_errors(index.quantizer.source(index), index.pq_codes,
                                                      index.quantizer)
-                  for side, index in (("image", gallery.images), ("text", gallery.texts))}
-        text = (f"Dead codewords: image {int(usage['image'].dead.sum())}, caption {int(usage['text'].dead.sum())} "
-                f"of {usage['image'].counts.size} each. Mean perplexity per codebook: image "
-                f"{usage['image'].perplexity.mean():.1f}, caption {usage['text'].perplexity.mean():.1f} "
-                f"(of {usage['image'].counts.shape[1]} codewords). Mean squared quantization error: image "
-                f"{errors['image'].mean():.4f}, caption {errors['text'].mean():.4f}.")
+                  for side, index in sides.items()}
+        names = {"image": "image", "text": "caption"}
+        text = " ".join([
+            "Dead codewords: " + ", ".join(f"{names[s]} {int(u.dead.sum())}" for s, u in usage.items())
+            + f" of {usage['image'].counts.size} each.",
+            "Mean perplexity per codebook: " + ", ".join(f"{names[s]} {u.perplexity.mean():.1f}"
+                                                         for s, u in usage.items())
+            + f" (of {usage['image'].counts.shape[1]} codewords).",
+            "Mean squared quantization error: " + ", ".join(f"{names[s]} {e.mean():.4f}" for s, e in errors.items())
+            + "." + ("" if "text" in usage else " " + NO_CAPTIONS)])
         return (figures.codebook_heatmap(usage["image"], "Image codebook usage"),
-                figures.codebook_heatmap(usage["text"], "Caption codebook usage"),
-                figures.codebook_entropy_bars(usage["image"], usage["text"]),
+                figures.codebook_heatmap(usage["text"], "Caption codebook usage") if "text" in usage else None,
+                figures.codebook_entropy_bars(usage["image"], usage["text"]) if "text" in usage else None,
                 figures.quantization_error_histogram(errors), text)
     return state.cached("codebook figures", compute)
 
@@ -76,12 +90,14 @@ def codebook_figures(state: AppState) -> tuple:
 def bit_figures(state: AppState) -> tuple:
     def compute() -> tuple:
         gallery = state.gallery
-        balance = {"image": analysis.bit_balance(gallery.images.codes),
-                   "text": analysis.bit_balance(gallery.texts.codes)}
+        balance = {side: analysis.bit_balance(index.codes) for side, index in _sides(state).items()}
+        text = f"Effective number of bits: image {balance['image'].effective_bits:.1f}"
+        if "text" not in balance:
+            return (figures.bit_share_bars(balance), figures.bit_correlation_heatmap(balance["image"], "Image bits"),
+                    None, None, f"{text} of {gallery.images.n_bits}. {NO_CAPTIONS}")
         hist = analysis.hamming_pair_histogram(gallery.texts.codes, gallery.images.codes, positives(state))
-        text = (f"Effective number of bits: image {balance['image'].effective_bits:.1f}, caption "
-                f"{balance['text'].effective_bits:.1f} of {gallery.images.n_bits}. Mean Hamming distance "
-                f"between a caption and an image: {hist.positive_mean:.1f} for relevant pairs, "
+        text = (f"{text}, caption {balance['text'].effective_bits:.1f} of {gallery.images.n_bits}. Mean Hamming "
+                f"distance between a caption and an image: {hist.positive_mean:.1f} for relevant pairs, "
                 f"{hist.negative_mean:.1f} for the rest; {hist.overlap:.1%} of irrelevant pairs are as close "
                 "as the median relevant pair.")
         return (figures.bit_share_bars(balance), figures.bit_correlation_heatmap(balance["image"], "Image bits"),
@@ -92,6 +108,9 @@ def bit_figures(state: AppState) -> tuple:
 
 def aggregate_figure(state: AppState) -> tuple:
     def compute() -> tuple:
+        if not state.gallery.texts.n_items:
+            return None, ("Every query's funnel needs queries with known relevant items: this gallery has no "
+                          "captions. The funnel of each image search is under \"This query\".")
         aggregates = {direction: analysis.aggregate_funnel(gallery_index(state, direction),
                                                             all_queries(state, direction),
                                                             relevant_for(state, direction), state.cascade)
@@ -110,6 +129,9 @@ def _aggregate_text(aggregates: dict[str, Any]) -> str:
 
 
 def recall_cost(state: AppState, direction: str, progress: gr.Progress = gr.Progress()) -> Any:
+    if not state.gallery.texts.n_items:
+        raise DataError("the recall ceiling counts each query's relevant items, and this gallery has no captions "
+                        "to pair with its images", fix="open the app with --captions to see it")
     progress(0.1, desc="sweeping R and q")
     curve = analysis.recall_cost_curve(gallery_index(state, direction), all_queries(state, direction),
                                        relevant_for(state, direction), SWEEP_HAMMING, SWEEP_PQ, state.cascade)
@@ -137,6 +159,10 @@ def query_views(state: AppState, outcome: SearchOutcome | None) -> tuple:
         text += (f" Best-ranked relevant item: rank {_rank(ranks.get('before'))} by dense score among the "
                  f"candidates, rank {_rank(ranks.get('after'))} after the re-rank.")
     labels = item_labels(state, outcome.direction)
+    if outcome.mode != "meet":  # the plain cascade re-ranks by the dense score: nothing is reweighted
+        text += " Mode `cascade` re-ranks by the dense score alone: pick meet to see the reweighting."
+        return (funnel, _removed_items(state, outcome, removed["hamming"]),
+                _removed_items(state, outcome, removed["pq"]), None, None, text)
     return (funnel, _removed_items(state, outcome, removed["hamming"]),
             _removed_items(state, outcome, removed["pq"]), figures.consistency_scatter(view, labels),
             figures.bump_chart(view, labels=labels, relevant=outcome.relevant), text)
@@ -144,7 +170,7 @@ def query_views(state: AppState, outcome: SearchOutcome | None) -> tuple:
 
 def item_labels(state: AppState, direction: str) -> list[str]:
     """Hover and legend text per gallery position: image file names or (short) captions."""
-    if direction == "t2i":
+    if direction != "i2t":
         return state.gallery.images.ids
     return state.cached("caption labels", lambda: [c if len(c) <= 48 else c[:47] + "…"
                                                    for c in state.gallery.dataset.captions])
@@ -159,7 +185,7 @@ def _removed_items(state: AppState, outcome: SearchOutcome, positions: np.ndarra
     items = []
     for pos in np.asarray(positions, np.int64):
         mark = "" if outcome.relevant is None else (" ✓ relevant" if outcome.relevant[pos] else "")
-        if outcome.direction == "t2i":
+        if outcome.direction != "i2t":
             items.append((state.gallery.thumbnail(pos), f"{state.gallery.image_labels[pos]}{mark}"))
         else:
             image = state.gallery.dataset.caption_image[pos]

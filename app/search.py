@@ -34,7 +34,8 @@ class SearchOutcome:
     it, and which gallery items are truly relevant when that is known."""
 
     direction: str
-    """``t2i`` (a caption over the images) or ``i2t`` (an image over the captions)."""
+    """``t2i`` (a caption over the images), ``i2t`` (an image over the captions) or ``i2i`` (an
+    image over the images: the image gallery's cascade, its own settings, an image query)."""
     query_label: str
     mode: str
     cascade: CascadeConfig
@@ -54,7 +55,7 @@ class SearchOutcome:
 
     @property
     def gallery_side(self) -> str:
-        return "image" if self.direction == "t2i" else "text"
+        return "text" if self.direction == "i2t" else "image"
 
 
 def cascade_from_controls(base: CascadeConfig, direction: str, hamming_rate: float | None = None,
@@ -63,8 +64,10 @@ def cascade_from_controls(base: CascadeConfig, direction: str, hamming_rate: flo
     """The checkpoint's cascade settings with the sliders' values for ``direction``.
 
     Rates are fractions here (R of the gallery, q of R), as on the sliders; anything
-    outside (0, 1], a negative top-z, or a weight outside [-10, 10] is refused.
+    outside (0, 1], a negative top-z, or a weight outside [-10, 10] is refused. ``i2i``
+    searches the image gallery, so it sets the image gallery's (``t2i``) fields.
     """
+    direction = "t2i" if direction == "i2i" else direction
     changes: dict[str, Any] = {}
     for name, value in (("hamming_rate", hamming_rate), ("pq_rate", pq_rate)):
         if value is None:
@@ -127,10 +130,30 @@ def image_search(state: AppState, image: Any, k: int = 10, cascade: CascadeConfi
     """An image over the caption gallery: a gallery position (int), an uploaded file's
     path, or a PIL image / RGB(A) array (the sketchpad)."""
     started = time.perf_counter()
-    gallery = state.gallery
-    if gallery.texts.n_items == 0:
+    if state.gallery.texts.n_items == 0:
         raise DataError("this gallery has no captions to search",
-                        fix="open the app with --captions (or a Karpathy-JSON data set)")
+                        fix="search its images with the image instead (Image → images), or open the app with "
+                            "--captions (or a Karpathy-JSON data set)")
+    encoded, relevant, note, label = _image_query(state, image)
+    return _run(state, "i2t", label, encoded, k, cascade, mode, relevant, note,
+                time.perf_counter() - started)
+
+
+def image_to_images(state: AppState, image: Any, k: int = 10, cascade: CascadeConfig | None = None,
+                    mode: str = "cascade") -> SearchOutcome:
+    """An image over the image gallery (similar pictures), through the image gallery's own
+    cascade: the query's hash feature comes from the image head, and the asymmetric or
+    symmetric Hamming score, the quantization filter and the dense re-rank compare it with
+    the images' codes as they would a caption's. ``meet`` mode's complementarity reads
+    each image's ranking of the captions, so the plain ``cascade`` is the default here."""
+    started = time.perf_counter()
+    encoded, _, _, label = _image_query(state, image)
+    return _run(state, "i2i", label, encoded, k, cascade, mode, None, "", time.perf_counter() - started)
+
+
+def _image_query(state: AppState, image: Any) -> tuple[Encoded, np.ndarray | None, str, str]:
+    """(encoding, its captions' ground truth, where that comes from, label) of an image query."""
+    gallery = state.gallery
     if isinstance(image, float) and image.is_integer():  # a gr.Number value
         image = int(image)
     if isinstance(image, (int, np.integer)) and not isinstance(image, bool):
@@ -147,8 +170,7 @@ def image_search(state: AppState, image: Any, k: int = 10, cascade: CascadeConfi
         pil = _decode_query_image(state, image)
         encoded = state.model.encode_images([pil])
         relevant, note, label = None, "", "your image"
-    return _run(state, "i2t", label, encoded, k, cascade, mode, relevant, note,
-                time.perf_counter() - started)
+    return encoded, relevant, note, label
 
 
 def _decode_query_image(state: AppState, image: Any) -> Image.Image:
@@ -227,7 +249,7 @@ def _run(state: AppState, direction: str, label: str, encoded: Encoded, k: int,
 
 
 def gallery_index(state: AppState, direction: str) -> GalleryIndex:
-    return state.gallery.images if direction == "t2i" else state.gallery.texts
+    return state.gallery.texts if direction == "i2t" else state.gallery.images
 
 
 def results_json(state: AppState, outcome: SearchOutcome) -> dict[str, Any]:

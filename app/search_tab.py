@@ -15,7 +15,8 @@ from meet.analysis import query_funnel
 from meet.figures import funnel_figure
 
 from app.feedback import guarded
-from app.search import SEARCH_MODES, SearchOutcome, cascade_from_controls, image_search, text_search
+from app.search import (SEARCH_MODES, SearchOutcome, cascade_from_controls, image_search, image_to_images,
+                        text_search)
 from app.state import AppState
 
 EXAMPLE_QUERIES = [
@@ -37,9 +38,11 @@ class Controls:
 
     def __init__(self, state: AppState, direction: str):
         cfg = state.cascade
+        mode = "cascade" if direction == "i2i" else "meet"  # meet's complementarity reads captions' rankings
+        direction = "t2i" if direction == "i2i" else direction  # image queries over images: the image side's R, q
         with gr.Accordion("Cascade settings (re-run the query live)", open=False):
             with gr.Row():
-                self.mode = gr.Radio(list(SEARCH_MODES), value="meet", label="mode",
+                self.mode = gr.Radio(list(SEARCH_MODES), value=mode, label="mode",
                                      info="meet: filters + reweighting; cascade: filters + dense re-rank; "
                                           "release: the MEET release's re-sort (it ranks a query among a "
                                           "batch of queries, so one query alone is not re-sorted)")
@@ -161,6 +164,14 @@ def run_image(state: AppState, image: Any, *controls: Any) -> tuple:
             summary(state, outcome), outcome)
 
 
+def run_similar(state: AppState, image: Any, *controls: Any) -> tuple:
+    k, mode, hamming, pq, top_z, alpha, beta = controls
+    cfg = cascade_from_controls(state.cascade, "i2i", hamming, pq, top_z, alpha, beta)
+    outcome = image_to_images(state, image, k, cfg, mode)
+    return (image_results(state, outcome), image_results(state, outcome, "dense"), funnel_of(outcome),
+            summary(state, outcome), outcome)
+
+
 def render(state: AppState, last_outcome: gr.State) -> None:
     """Lay out the Search tab inside the current Blocks context."""
     with gr.Tab("Search"):
@@ -168,6 +179,46 @@ def render(state: AppState, last_outcome: gr.State) -> None:
             _text_panel(state, last_outcome)
         with gr.Tab("Image → captions"):
             _image_panel(state, last_outcome)
+        with gr.Tab("Image → images"):
+            _similar_panel(state, last_outcome)
+
+
+def _similar_panel(state: AppState, last_outcome: gr.State) -> None:
+    """Similar pictures: a gallery image (click it) or an upload, over the image gallery."""
+    gallery = state.gallery
+    with gr.Row():
+        with gr.Column(scale=2):
+            picker = gr.Gallery([(gallery.thumbnail(i), gallery.image_labels[i])
+                                 for i in range(min(PICKER_IMAGES, gallery.dataset.n_images))],
+                                columns=8, height=260, allow_preview=False,
+                                label="Click an image to find similar ones", elem_id="similar-picker")
+            sources = []
+            if not gallery.reads_region_features:
+                upload = gr.Image(type="filepath", label="…or upload one", sources=["upload", "clipboard"])
+                upload_button = gr.Button("Find similar images", variant="primary", elem_id="similar-search")
+                sources.append((upload, upload_button))
+        with gr.Column(scale=3):
+            info = gr.Markdown(elem_id="similar-summary")
+    controls = Controls(state, "i2i")
+    with gr.Row():
+        ranked = gr.Gallery(label="MEET ranking (cascade)", columns=5, height=420, elem_id="similar-results")
+        dense = gr.Gallery(label="Dense-only ranking (for comparison)", columns=5, height=420)
+    funnel = gr.Plot(label="The cascade for this query", elem_id="similar-funnel")
+    last_image = gr.State(None)
+    outputs = [ranked, dense, funnel, info, last_outcome, last_image]
+    handler = guarded(lambda image, *c: (*run_similar(state, image, *c), image), outputs=len(outputs))
+    live = guarded(lambda image, *c: (*run_similar(state, image, *c), image), outputs=len(outputs),
+                   skip_if_empty=True)
+
+    def pick(*args: Any) -> tuple:
+        *controls_values, event = args
+        return (*run_similar(state, event.index, *controls_values), event.index)
+    picker.select(guarded(pick, outputs=len(outputs)), controls.inputs, outputs, api_visibility="private")
+    for source, button in sources:
+        button.click(handler, [source, *controls.inputs], outputs, api_visibility="private")
+    for control in controls.live:
+        control.change(live, [last_image, *controls.inputs], outputs, api_visibility="private",
+                       trigger_mode="always_last")
 
 
 def _text_panel(state: AppState, last_outcome: gr.State) -> None:

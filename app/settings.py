@@ -23,8 +23,10 @@ class AppSettings:
 
     checkpoint: str = str(REPO_ROOT / "assets" / "shapes-demo")
     """Checkpoint folder (or a training run folder: its best checkpoint), a MEET release
-    checkpoint file (converted once into the cache, see meet.convert), or a Hugging Face
-    Hub repo id ``org/name[@revision]`` (downloaded into the Hub cache; see meet.hub)."""
+    checkpoint file (converted once into the cache, see meet.convert), a Hugging Face Hub
+    repo id ``org/name[@revision]`` (downloaded into the Hub cache; see meet.hub), or a CLIP
+    model (a Hub id such as ``openai/clip-vit-base-patch32`` or a local folder): MEET's codes
+    are then fitted on the gallery on first use and cached (meet.fit_codes)."""
     bert: str = ""
     """With a release file of the BERT variant: the bert-base-uncased folder (config, vocab)."""
     vocab: str = ""
@@ -50,7 +52,9 @@ class AppSettings:
     device: str = "auto"
     """``auto`` (the GPU when there is one, else the CPU), ``cpu`` or ``cuda``."""
     cache_dir: str = str(Path.home() / ".cache" / "meet-studio")
-    """Generated default gallery and saved gallery indexes (keyed by checkpoint and data)."""
+    """Generated default gallery, saved gallery indexes (keyed by checkpoint and data), codes
+    fitted for a CLIP checkpoint, and gradio's upload folder (``GRADIO_TEMP_DIR`` is set to
+    ``cache_dir/gradio``: nothing a visitor uploads is written elsewhere)."""
     shapes_seed: int = 0
     """Seed of the default Shapes gallery (the bundled model's data seed)."""
     max_upload_mb: int = 10
@@ -61,6 +65,10 @@ class AppSettings:
     """Longest text query accepted."""
     max_k: int = 100
     """Most results one search returns."""
+    max_session_images: int = 200
+    """Most images a visitor's own gallery ("Your gallery") holds."""
+    max_zip_mb: int = 100
+    """Most bytes, uncompressed, that one uploaded zip may expand to."""
     concurrency_limit: int = 2
     """Searches run at once (the CPU has few cores; more only queue up in memory)."""
     queue_size: int = 64
@@ -109,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python app.py", description="MEET Studio: search images and captions with MEET and "
         "see where its redundancy goes. Flags override the MEET_* environment variables.")
     parser.add_argument("--checkpoint", help="checkpoint or training run folder, a MEET release "
-                        "model_best.pth.tar, or a Hub repo id org/name[@revision] (MEET_CHECKPOINT)")
+                        "model_best.pth.tar, a Hub repo id org/name[@revision], or a CLIP model (Hub id such as "
+                        "openai/clip-vit-base-patch32, or folder: MEET's codes are fitted on the gallery on first "
+                        "use, and cached) (MEET_CHECKPOINT)")
     parser.add_argument("--bert", help="bert-base-uncased folder, for a BERT-variant release file (MEET_BERT)")
     parser.add_argument("--vocab", help="vocabulary JSON, for a BiGRU-variant release file (MEET_VOCAB)")
     parser.add_argument("--reranker", help="ESA model_best.pth, with a release file (MEET_RERANKER)")
@@ -125,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--share", action="store_true", default=None,
                         help="create a public gradio.live link (MEET_SHARE; off by default)")
     parser.add_argument("--device", help="auto, cpu or cuda (MEET_DEVICE)")
-    parser.add_argument("--cache-dir", help="cache folder (MEET_CACHE)")
+    parser.add_argument("--cache-dir", help="cache folder: gallery indexes, fitted codes and uploads (MEET_CACHE)")
     return parser
 
 

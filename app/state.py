@@ -11,6 +11,7 @@ never used.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 import time
@@ -93,6 +94,9 @@ class AppState:
     """The checkpoint's Stage II defaults (the sliders start here)."""
     device_label: str
     startup_seconds: dict[str, float]
+    backbone: str = ""
+    """The CLIP model ``--checkpoint`` named when the codes were fitted for this gallery
+    (:func:`fit_for_gallery`), else ""."""
     caches: dict[str, Any] = field(default_factory=dict)
     """Analysis results computed on first use (codebook usage, UMAP, ...)."""
     _locks: dict[str, threading.Lock] = field(default_factory=dict, repr=False)
@@ -116,10 +120,13 @@ def load_state(settings: AppSettings, report: Report = print) -> AppState:
     """Load everything the app needs; a :class:`~meet.errors.MEETError` says what is unusable."""
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    report(f"loading checkpoint {settings.checkpoint}")
     release_files = {name: getattr(settings, name) for name in ("bert", "vocab", "reranker")
                      if getattr(settings, name)}
-    model = meet.load(settings.checkpoint, device=None if settings.device == "auto" else settings.device,
+    checkpoint, backbone = settings.checkpoint, ""
+    if not release_files and is_clip_spec(settings.checkpoint):
+        checkpoint, backbone = fit_for_gallery(settings, report), settings.checkpoint
+    report(f"loading checkpoint {checkpoint}")
+    model = meet.load(checkpoint, device=None if settings.device == "auto" else settings.device,
                       **release_files)
     seconds["checkpoint"] = time.perf_counter() - start
     step = time.perf_counter()
@@ -134,7 +141,34 @@ def load_state(settings: AppSettings, report: Report = print) -> AppState:
     label = (f"GPU ({device}, {_cuda_name(device)})" if device.type == "cuda" else "CPU")
     report(f"ready in {seconds['total']:.1f} s on the {label}: {dataset.n_images} images, "
            f"{dataset.n_captions} captions")
-    return AppState(settings, model, gallery, model.cfg.cascade, label, seconds)
+    return AppState(settings, model, gallery, gallery.images.settings(model.cfg.cascade), label, seconds,
+                    backbone=backbone)
+
+
+def is_clip_spec(spec: str) -> bool:
+    """Whether ``--checkpoint`` names a CLIP model (a folder or a Hub id), not a MEET checkpoint."""
+    from meet.backbones import is_clip_spec as check
+
+    return check(spec)
+
+
+def fit_for_gallery(settings: AppSettings, report: Report) -> Path:
+    """A CLIP ``--checkpoint``: MEET's codes fitted on the gallery on first use
+    (:func:`meet.fit_codes.cached_fit`, keyed by the backbone and the gallery's files),
+    progress reported every tenth of the encoding; the checkpoint folder in the cache."""
+    from meet.fit_codes import cached_fit
+
+    shown = {"tenth": -1}
+
+    def progress(done: int, total: int) -> None:
+        tenth = 10 * done // max(total, 1)
+        if tenth != shown["tenth"]:
+            shown["tenth"] = tenth
+            report(f"encoding the gallery with the CLIP towers: {done:,} of {total:,} images and captions")
+
+    return cached_fit(settings.checkpoint, lambda model: _load_dataset(settings, model, report), settings.cache_dir,
+                      device=None if settings.device == "auto" else settings.device,
+                      data_label=settings.data or "the Shapes test split", report=report, progress=progress)
 
 
 def _warm_up(model: MEETModel, gallery: Gallery) -> None:
@@ -182,9 +216,25 @@ def _load_dataset(settings: AppSettings, model: MEETModel, report: Report) -> Im
     return load_split(root, settings.split, model.cfg.model)
 
 
+def build_cascade(model: MEETModel, dataset: ImageTextDataset, report: Report) -> CascadeConfig:
+    """The checkpoint's Stage II settings, with the model's own hash-space codebooks for the
+    quantization filter when a side of this gallery is too small to fit the dense-space ones
+    (:func:`meet.search.quantizers.fitting_sample`: a codebook's worth of items, and at
+    least the embedding's dimension), e.g. a few hundred photos with a CLIP checkpoint."""
+    cascade = model.cfg.cascade
+    sizes = [n for n in (dataset.n_images, dataset.n_captions) if n]
+    least = max(model.cfg.model.codebook_size, model.cfg.model.embed_dim)
+    if cascade.pq_space != "hash" and sizes and min(sizes) < least:
+        report(f"{min(sizes)} items on a side are too few to fit {cascade.pq_space}-space codebooks "
+               f"(at least {least}): the quantization filter uses the model's own codebooks")
+        return dataclasses.replace(cascade, pq_space="hash")
+    return cascade
+
+
 def _load_gallery(settings: AppSettings, model: MEETModel, dataset: ImageTextDataset,
                   report: Report) -> Gallery:
-    images, texts = cached_pair(model, dataset, settings.cache_dir, keep_hash=True, report=report)
+    images, texts = cached_pair(model, dataset, settings.cache_dir, cascade=build_cascade(model, dataset, report),
+                                keep_hash=True, report=report)
     relevance = None
     if dataset.scenes is not None and dataset.caption_facts is not None:
         from meet.data.shapes import relevance_matrix

@@ -20,16 +20,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_app(cache: Path, log: Path, timeout: float = 300,
-              args: list[str] = ()) -> tuple[subprocess.Popen, str, float, float | None]:
+def start_app(cache: Path, log: Path, timeout: float = 300, args: list[str] = (),
+              env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str, float, float | None]:
     """(process, url, seconds to first HTTP answer, the app's own cold-start figure);
-    ``args``: more ``app.py`` flags (``--checkpoint``, ``--data``, ...)."""
+    ``args``: more ``app.py`` flags (``--checkpoint``, ``--data``, ...); ``env``: more
+    environment variables."""
     port = free_port()
     started = time.perf_counter()
     process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port), "--cache-dir", str(cache),
                                 *args],
                                cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                               env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+                               env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})})
     url = f"http://127.0.0.1:{port}/"
     while True:
         if process.poll() is not None:
