@@ -256,3 +256,28 @@ def test_bad_input_is_refused_with_one_error_line(clip_dir, photos, tmp_path, ca
                                                 str(photos[0]), "--n-bits", "32", "--out", str(tmp_path / "o7"),
                                                 *common)
     assert not any((tmp_path / f"o{i}").exists() for i in range(1, 8))
+
+
+def test_the_redundancy_notebook_runs_on_a_fitted_clip_checkpoint(clip_dir, tmp_path, monkeypatch):
+    """A Karpathy-JSON photo set: codes fitted on its train split, the notebook on its test split."""
+    from test_notebooks import NOTEBOOK, _run
+
+    images, captions = cf.photo_folder(tmp_path / "photos", n_images=144, seed=3)
+    by_name: dict[str, list[str]] = {}
+    for line in captions.read_text().splitlines():
+        name, caption = line.split("\t")
+        by_name.setdefault(name, []).append(caption)
+    entries = [{"filename": name, "split": "test" if i % 2 else "train", "sentences": [{"raw": c} for c in caps]}
+               for i, (name, caps) in enumerate(sorted(by_name.items()))]
+    (tmp_path / "photos" / "dataset.json").write_text(json.dumps({"images": entries}))
+    run = tmp_path / "run"
+    assert main(["--backbone", str(clip_dir), "--data", str(tmp_path / "photos"), "--out", str(run),
+                 "--cache-dir", str(tmp_path / "cache"), *FAST]) == 0
+    for name, value in (("MEET_CHECKPOINT", str(run)), ("MEET_DATA", str(tmp_path / "photos")),
+                        ("MEET_SPLIT", "test"), ("MEET_CACHE", str(tmp_path / "cache"))):
+        monkeypatch.setenv(name, value)
+    for name in ("MEET_BERT", "MEET_VOCAB", "MEET_RERANKER"):
+        monkeypatch.delenv(name, raising=False)
+    markdown, summary = _run(NOTEBOOK)
+    assert summary["data"] == "photos/test" and summary["ground_truth"] == "the data set's own pairs"
+    assert set(summary["modes"]) == {"dense", "hash", "pq", "cascade", "meet"}
