@@ -636,6 +636,15 @@ Shapes images with distilled heads. A gallery smaller than R is searched by the
 quantization filter and re-rank alone (every item survives the Hamming filter)."""
 
 
+FIT_CODES_DISTILL_FIELDS = ("distill_steps", "distill_batch", "distill_gallery", "teacher_temperature",
+                            "student_temperature", "i2t_weight", "lr", "itq_items", "itq_scale", "seed")
+"""The HashRefitConfig fields ``meet.fit_codes``'s distillation reads (flags of the CLI;
+``--lr`` is the heads' learning rate)."""
+FIT_CODES_SETTING_FIELDS = ("lf_weight", "lq_weight", "lq_binary_weight", "codebook_refits", "regularizer_batch",
+                            "chunk_size", "encode_batch")
+"""The FitCodesConfig fields that are settings (flags), not records."""
+
+
 SECTIONS: dict[str, type] = {"model": ModelConfig, "loss": LossConfig, "train": TrainConfig,
                              "cascade": CascadeConfig}
 """The sections whose fields are training flags (``hash_refit`` is a record, not flags)."""

@@ -62,8 +62,9 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from meet import cli
-from meet.config import (FIT_CODES_SEARCH, FitCodesConfig, HashRefitConfig, MEETConfig, ModelConfig,
-                         validate, validate_fit_codes, validate_hash_refit)
+from meet.config import (FIT_CODES_DISTILL_FIELDS as DISTILL_FIELDS, FIT_CODES_SEARCH,
+                         FIT_CODES_SETTING_FIELDS as SETTING_FIELDS, FitCodesConfig, HashRefitConfig, MEETConfig,
+                         ModelConfig, validate, validate_fit_codes, validate_hash_refit)
 from meet.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -74,11 +75,6 @@ if TYPE_CHECKING:
 Report = Callable[[str], None]
 HEAD_SIZES = ("n_bits", "n_codebooks", "codebook_size")
 """ModelConfig fields a CLIP backbone's heads take from the command line."""
-DISTILL_FIELDS = ("distill_steps", "distill_batch", "distill_gallery", "teacher_temperature",
-                  "student_temperature", "i2t_weight", "lr", "itq_items", "itq_scale", "seed")
-"""The HashRefitConfig fields the distillation reads (``--lr`` is the heads' learning rate)."""
-SETTING_FIELDS = ("lf_weight", "lq_weight", "lq_binary_weight", "codebook_refits", "regularizer_batch",
-                  "chunk_size", "encode_batch")
 
 
 def prepare(backbone: "Backbone", device: str | None = "auto", heads: dict[str, int] | None = None) -> "MEETModel":

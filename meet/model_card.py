@@ -132,6 +132,27 @@ def training_command(cfg: MEETConfig) -> str | None:
     return " ".join(["python -m meet.train --preset", cfg.preset, "--data DATA --out RUN", *flags])
 
 
+def fit_codes_command(cfg: MEETConfig) -> str:
+    """The ``python -m meet.fit_codes`` command of a checkpoint it wrote (``DATA``/``RUN`` stand
+    for folders; the distillation and fit_codes settings that differ from the defaults as flags)."""
+    from meet.config import (FIT_CODES_DISTILL_FIELDS as DISTILL_FIELDS, FIT_CODES_SETTING_FIELDS as SETTING_FIELDS,
+                             FitCodesConfig, HashRefitConfig)
+
+    fitted, flags = cfg.fit_codes, []
+    for record, base, names in ((cfg.hash_refit, HashRefitConfig(), DISTILL_FIELDS),
+                                (fitted, FitCodesConfig(), SETTING_FIELDS)):
+        for name in names:
+            value = getattr(record, name) if record is not None else getattr(base, name)
+            if value != getattr(base, name):
+                flags += ["--" + name.replace("_", "-"), shlex.quote(_flag_value(value))]
+    if cfg.model.image_encoder == "clip":
+        flags += ["--n-bits", str(cfg.model.n_bits), "--codebook-size", str(cfg.model.codebook_size)]
+    data = "DATA" + (" --captions CAPTIONS" if fitted.captions else "") + \
+        (f" --split {fitted.split}" if fitted.split not in ("all", "train") else "")
+    return " ".join(["python -m meet.fit_codes --backbone", shlex.quote(fitted.backbone), "--data", data,
+                     "--out RUN", *flags])
+
+
 def code_sizes(cfg: MEETConfig) -> list[tuple[str, str, int]]:
     """``(representation, shape, bytes per item)`` of each code MEET stores per item."""
     m = cfg.model
@@ -179,7 +200,8 @@ def model_card(repo_id: str, cfg: MEETConfig, folder: Path, files: dict[str, Pat
     """The card's Markdown, YAML front matter first."""
     m = cfg.model
     params = _parameters(folder / "model.safetensors")
-    encoders = {"image encoder": m.image_encoder + (f" ({m.vision_backbone})" if m.vision_backbone else ""),
+    backbone = m.clip_backbone if m.image_encoder == "clip" else m.vision_backbone
+    encoders = {"image encoder": m.image_encoder + (f" ({backbone})" if backbone else ""),
                 "text encoder": m.text_encoder + (f" ({m.bert_path})" if m.text_encoder == "bert" else ""),
                 "joint embedding": f"{m.embed_dim} dims", "hash head": f"{m.n_bits} bits per modality",
                 "PQ codebooks": f"{m.n_codebooks} x {m.codebook_size} per modality",
@@ -195,7 +217,13 @@ def model_card(repo_id: str, cfg: MEETConfig, folder: Path, files: dict[str, Pat
              *(f"| {name} | {shape} | {size} |" for name, shape, size in code_sizes(cfg)), "",
              "## Training", ""]
     command = training_command(cfg)
-    if command is None:
+    if cfg.fit_codes is not None:
+        fitted = cfg.fit_codes
+        lines += [(f"The encoders are frozen ({fitted.backbone}); only the hash heads and the PQ codebooks were "
+                   f"fitted, on {fitted.n_images:,} images and {fitted.n_captions:,} captions"
+                   + (" (no captions: image pseudo-queries)" if fitted.pseudo_queries else "") + ", by:"), "",
+                  "```bash", fit_codes_command(cfg), "```", ""]
+    elif command is None:
         lines += [f"The training command is not known (preset {cfg.preset!r} is not one of meet.train's).", ""]
     else:
         lines += [(f"Preset `{cfg.preset}`, {cfg.train.epochs} epochs. An equivalent command, rebuilt from "

@@ -63,6 +63,10 @@ def test_the_checkpoint_records_how_it_was_made_and_encodes_like_clip(fitted, cl
         ("asymmetric", "residual", 2000)
     assert {p.name for p in run.iterdir()} >= {"model.safetensors", "codebooks.safetensors", "config.json",
                                                "clip_config.json", "clip_tokenizer", "clip_image_processor"}
+    from meet.model_card import fit_codes_command
+
+    assert fit_codes_command(cfg).startswith(f"python -m meet.fit_codes --backbone {clip_dir} --data DATA "
+                                             "--captions CAPTIONS --out RUN --distill-steps 30 --distill-batch 16")
     reference = transformers.CLIPModel.from_pretrained(str(clip_dir)).eval()
     paths = sorted(photos[0].iterdir())[:3]
     encoded = model.encode_images([str(p) for p in paths])
