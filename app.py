@@ -3,8 +3,10 @@ split (generated into the cache on first start; no network needed). Also the ent
 Hugging Face Space (README front-matter ``app_file: app.py``).
 
 Flags and ``MEET_*`` environment variables: ``python app.py --help``. The model and the
-gallery index load once, before the server starts; if either is unusable the page says
-why instead of serving a traceback.
+gallery index load once, before the server starts (a CLIP ``--checkpoint`` first has MEET's
+codes fitted on the gallery, once, into the cache); if either is unusable the page says why
+instead of serving a traceback. Gradio's upload folder (``GRADIO_TEMP_DIR``) is set to
+``CACHE/gradio``, so nothing a visitor uploads is written outside the app's cache.
 """
 
 from __future__ import annotations
