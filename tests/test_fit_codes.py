@@ -256,10 +256,14 @@ def test_bad_input_is_refused_with_one_error_line(clip_dir, photos, tmp_path, ca
     assert "--captions goes with a plain image folder" in _error(
         capsys, "--backbone", str(clip_dir), "--data", str(karpathy), "--captions", str(photos[1]),
         "--out", str(tmp_path / "o6"), *common)
+    small = cf.tiny_clip(tmp_path / "clip16", projection_dim=16)
+    capsys.readouterr()  # save_pretrained's progress bar
+    assert "cannot be more than the embedding has (pass --n-bits 16)" in _error(
+        capsys, "--backbone", str(small), "--data", str(photos[0]), "--out", str(tmp_path / "o8"), *common)
     assert "apply to a CLIP backbone" in _error(capsys, "--backbone", "assets/shapes-demo", "--data",
                                                 str(photos[0]), "--n-bits", "32", "--out", str(tmp_path / "o7"),
                                                 *common)
-    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 8))
+    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 9))
 
 
 def test_the_redundancy_notebook_runs_on_a_fitted_clip_checkpoint(clip_dir, tmp_path, monkeypatch):
