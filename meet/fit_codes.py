@@ -108,14 +108,16 @@ def prepare(backbone: "Backbone", device: str | None = "auto", heads: dict[str, 
     return MEETModel(net, cfg, select_device(device))
 
 
-def _fit_sizes(model: "MEETModel", n_images: int, n_text_side: int, explicit: bool, report: Report) -> None:
-    """Refuse data too small for ITQ; shrink a default codebook size to what k-means can fit."""
+def _fit_sizes(model: "MEETModel", n_images: int, n_captions: int, explicit: bool, report: Report) -> None:
+    """Refuse data too small for ITQ; shrink a default codebook size to what k-means can fit
+    (without captions the text side's vectors are the images')."""
     m = model.cfg.model
+    n_text_side = n_captions or n_images
     if m.n_bits > m.embed_dim:
         raise ConfigError(f"ITQ projects the {m.embed_dim}-d embeddings onto n_bits={m.n_bits} directions, which "
                           "cannot be more than the embedding has", fix=f"pass --n-bits {m.embed_dim - m.embed_dim % 8}")
-    if n_images + n_text_side < m.n_bits or n_images < 2:
-        raise DataError(f"{n_images} images and {n_text_side} captions are too few to fit {m.n_bits}-bit codes "
+    if n_images + n_captions < m.n_bits or n_images < 2:  # distinct vectors (pseudo-queries repeat the images)
+        raise DataError(f"{n_images} images and {n_captions} captions are too few to fit {m.n_bits}-bit codes "
                         f"(ITQ needs at least {m.n_bits} vectors)", fix="add images, or pass a smaller --n-bits")
     fit_items = min(n_images, n_text_side)
     if fit_items >= m.codebook_size:
@@ -193,7 +195,7 @@ def fit(model: "MEETModel", dataset: "ImageTextDataset", out: str | Path, settin
     settings = validate_fit_codes(dataclasses.replace(settings))
     refit = validate_hash_refit(dataclasses.replace(refit, method="distill"))
     n_images, n_captions = dataset.n_images, dataset.n_captions
-    _fit_sizes(model, n_images, n_captions or n_images, explicit_codebook_size, report)  # before hours of encoding
+    _fit_sizes(model, n_images, n_captions, explicit_codebook_size, report)  # before hours of encoding
     folder = cache_folder(cache_dir, encoder_identity or repr(model.cfg.model), dataset, settings.chunk_size)
     report(f"encoding {n_images:,} images and {n_captions:,} captions (cache: {folder})")
     cached = cached_dense(model, dataset, folder, settings.chunk_size, settings.encode_batch, progress=progress,

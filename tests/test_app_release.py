@@ -106,6 +106,8 @@ def test_the_page_offers_gallery_image_queries_only(state):
     assert "image" not in kinds and "sketchpad" not in kinds  # no upload, no sketch
     notes = [c["props"].get("value", "") for c in config["components"] if c["type"] == "markdown"]
     assert any("region features" in str(value) for value in notes)
+    assert any("Your gallery is not available with this model" in str(value) for value in notes)
+    assert "file" not in kinds  # no upload field in Your gallery either
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
