@@ -65,6 +65,9 @@ class AppSettings:
     """Longest text query accepted."""
     max_k: int = 100
     """Most results one search returns."""
+    fit_steps: int = 600
+    """Distillation steps when MEET's codes are fitted for a CLIP ``checkpoint`` (meet.fit_codes'
+    ``--distill-steps``; fewer: a faster first start, codes a little less faithful)."""
     max_session_images: int = 200
     """Most images a visitor's own gallery ("Your gallery") holds."""
     max_zip_mb: int = 100
@@ -81,7 +84,7 @@ _ENV = {
     "port": ("MEET_PORT", "GRADIO_SERVER_PORT"), "share": ("MEET_SHARE",),
     "device": ("MEET_DEVICE",), "cache_dir": ("MEET_CACHE",), "bert": ("MEET_BERT",),
     "vocab": ("MEET_VOCAB",), "reranker": ("MEET_RERANKER",), "images": ("MEET_IMAGES",),
-    "image_ids": ("MEET_IMAGE_IDS",),
+    "image_ids": ("MEET_IMAGE_IDS",), "fit_steps": ("MEET_FIT_STEPS",),
 }
 """Environment variables per setting (first set one wins), e.g. for a Hugging Face Space."""
 
@@ -136,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="create a public gradio.live link (MEET_SHARE; off by default)")
     parser.add_argument("--device", help="auto, cpu or cuda (MEET_DEVICE)")
     parser.add_argument("--cache-dir", help="cache folder: gallery indexes, fitted codes and uploads (MEET_CACHE)")
+    parser.add_argument("--fit-steps", type=int, help="distillation steps when codes are fitted for a CLIP "
+                        "--checkpoint (MEET_FIT_STEPS; default 600)")
     return parser
 
 
@@ -156,6 +161,8 @@ def check(settings: AppSettings) -> AppSettings:
     """Reject values that cannot work, before anything is loaded."""
     if not 0 <= settings.port <= 65535:
         raise ConfigError(f"port {settings.port} is outside 0-65535")
+    if settings.fit_steps < 1:
+        raise ConfigError(f"fit steps {settings.fit_steps} must be at least 1")
     if settings.device not in {"auto", "cpu", "cuda"} and not settings.device.startswith("cuda:"):
         raise ConfigError(f"device {settings.device!r} is not auto, cpu or cuda")
     if settings.captions and not settings.data:

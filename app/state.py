@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 import meet
-from meet.config import CascadeConfig
+from meet.config import CascadeConfig, HashRefitConfig
 from meet.data.dataset import ImageTextDataset
 from meet.errors import DataError
 from meet.inference import MEETModel
@@ -168,7 +168,8 @@ def fit_for_gallery(settings: AppSettings, report: Report) -> Path:
 
     return cached_fit(settings.checkpoint, lambda model: _load_dataset(settings, model, report), settings.cache_dir,
                       device=None if settings.device == "auto" else settings.device,
-                      data_label=settings.data or "the Shapes test split", report=report, progress=progress)
+                      data_label=settings.data or "the Shapes test split", report=report, progress=progress,
+                      refit=HashRefitConfig(method="distill", distill_steps=settings.fit_steps))
 
 
 def _warm_up(model: MEETModel, gallery: Gallery) -> None:

@@ -234,13 +234,15 @@ FIT_CACHE_FORMAT = 1
 
 def cached_fit(spec: str, load_dataset: Callable[["MEETModel"], "ImageTextDataset"], cache_dir: str | Path, *,
                device: str | None = "auto", data_label: str = "", report: Report = print,
-               progress: bool | Callable[[int, int], None] = False) -> Path:
+               progress: bool | Callable[[int, int], None] = False, refit: HashRefitConfig | None = None,
+               settings: FitCodesConfig | None = None) -> Path:
     """The checkpoint of codes fitted on a dataset with the backbone ``spec``, from
     ``cache_dir/fitted/<key>`` when it is there, else fitted now with the default settings
     and saved there (what the app does for ``--checkpoint openai/clip-vit-base-patch32``).
     The key covers the backbone's identity, the items' identity (ids, captions, file sizes
     and times) and the settings, so an edited folder or another model gets its own fit.
-    ``load_dataset(model)``: the items, given the prepared model (their image size)."""
+    ``load_dataset(model)``: the items, given the prepared model (their image size);
+    ``refit`` / ``settings``: the distillation and fit settings (default: the defaults)."""
     import hashlib
     import json
 
@@ -252,7 +254,8 @@ def cached_fit(spec: str, load_dataset: Callable[["MEETModel"], "ImageTextDatase
     report(describe(backbone))
     model = prepare(backbone, device)
     dataset = load_dataset(model)
-    settings, refit = FitCodesConfig(), HashRefitConfig(method="distill")
+    settings = validate_fit_codes(settings or FitCodesConfig())
+    refit = validate_hash_refit(dataclasses.replace(refit or HashRefitConfig(), method="distill"))
     identity = backbone.identity()
     key = hashlib.sha256(json.dumps({"format": FIT_CACHE_FORMAT, "backbone": identity,
                                      "items": dataset_identity(dataset), "settings": dataclasses.asdict(settings),

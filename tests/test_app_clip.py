@@ -18,6 +18,8 @@ import clip_fixtures as cf
 from meet.errors import DataError
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FIT_STEPS = 60
+"""Distillation steps of the app's fit here (the default 600 costs minutes on a busy 2-core CPU)."""
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +44,7 @@ def state(clip_dir, photos, cache):
 
     lines: list[str] = []
     settings = AppSettings(checkpoint=str(clip_dir), data=str(photos[0]), captions=str(photos[1]),
-                           cache_dir=str(cache))
+                           cache_dir=str(cache), fit_steps=FIT_STEPS)
     loaded = load_state(settings, report=lines.append)
     loaded.caches["startup lines"] = lines
     return loaded
@@ -56,11 +58,11 @@ def test_the_codes_are_fitted_on_first_use_and_reused(state, clip_dir, photos, c
     assert any(line.startswith("fitting MEET's codes on 72 images and 144 captions") for line in lines)
     assert any("encoding the gallery with the CLIP towers: 216 of 216" in line for line in lines)
     assert state.backbone == str(clip_dir) and state.model.cfg.model.image_encoder == "clip"
-    assert state.model.folder.parent == cache / "fitted"
+    assert state.model.folder.parent == cache / "fitted" and state.model.cfg.hash_refit.distill_steps == FIT_STEPS
     assert state.model.cfg.fit_codes.n_images == 72 and not state.model.cfg.fit_codes.pseudo_queries
     again: list[str] = []
     second = load_state(AppSettings(checkpoint=str(clip_dir), data=str(photos[0]), captions=str(photos[1]),
-                                    cache_dir=str(cache)), report=again.append)
+                                    cache_dir=str(cache), fit_steps=FIT_STEPS), report=again.append)
     assert second.model.folder == state.model.folder
     assert any("already fitted" in line for line in again) and not any("fitting" in line for line in again)
     from app.layout import header
@@ -92,19 +94,20 @@ def test_every_search_and_view_works_on_the_clip_gallery(state):
         assert {row["mode"] for row in rows} >= {"dense", "cascade", "meet"}
 
 
-def test_an_image_only_folder(clip_dir, tmp_path_factory):
+def test_an_image_only_folder(tmp_path_factory):
     from app import efficiency_tab, redundancy_tab
     from app.layout import build_demo
     from app.search import image_search, image_to_images, text_search
     from app.settings import AppSettings
     from app.state import load_state
 
-    images, _ = cf.photo_folder(tmp_path_factory.mktemp("only-images"), n_images=40, captions=False, seed=9)
+    clip_dir = cf.tiny_clip(tmp_path_factory.mktemp("clip128") / "clip", projection_dim=128, seed=1)
+    images, _ = cf.photo_folder(tmp_path_factory.mktemp("only-images"), n_images=72, captions=False, seed=9)
     lines: list[str] = []
-    state = load_state(AppSettings(checkpoint=str(clip_dir), data=str(images),
+    state = load_state(AppSettings(checkpoint=str(clip_dir), data=str(images), fit_steps=FIT_STEPS,
                                    cache_dir=str(tmp_path_factory.mktemp("cache"))), report=lines.append)
     assert state.model.cfg.fit_codes.pseudo_queries
-    assert any("the quantization filter uses the model's own codebooks" in line for line in lines)  # 40 < 64
+    assert any("the quantization filter uses the model's own codebooks" in line for line in lines)  # 72 < 128
     assert state.gallery.images.pq_space == "hash"
     assert (text_search(state, "a blue square", k=4).result.ids >= 0).all()
     with pytest.raises(DataError, match="no captions to search"):
@@ -126,7 +129,8 @@ def server(state, clip_dir, photos, cache, tmp_path_factory):
 
     system_tmp = tmp_path_factory.mktemp("system-tmp")
     log = cache / "server.log"
-    process, url, _, _ = start_app(cache, log, timeout=180, env={"TMPDIR": str(system_tmp)},
+    process, url, _, _ = start_app(cache, log, timeout=180, env={"TMPDIR": str(system_tmp),
+                                                                 "MEET_FIT_STEPS": str(FIT_STEPS)},
                                    args=["--checkpoint", str(clip_dir), "--data", str(photos[0]),
                                          "--captions", str(photos[1])])
     try:
