@@ -1,7 +1,8 @@
 """The named API endpoints, for ``gradio_client`` and scripts.
 
 ``/search_text`` takes (query text, k) and ``/search_image`` (an image file, k); both run
-the checkpoint's default cascade (``meet`` mode) and return JSON
+the checkpoint's default cascade (``meet`` mode, without the trace and the dense-only
+ranking the page shows) and return JSON
 ``{"results": [{"id", "score", "rank"}...], "stages": {...}}``, best first, ``id`` being
 the image's file name in the data set or the caption's sentence id. Bad input raises a
 ``gr.Error`` with the reason, which the client receives as an ``AppError``.
@@ -21,13 +22,13 @@ from app.state import AppState
 
 def search_text_json(state: AppState, query: str, k: int = 10) -> dict[str, Any]:
     """Text -> images: the top ``k`` gallery images for ``query``."""
-    return results_json(state, text_search(state, query, k))
+    return results_json(state, text_search(state, query, k, explain=False))
 
 
 def search_image_json(state: AppState, image: Any, k: int = 10) -> dict[str, Any]:
     """Image -> captions: the top ``k`` gallery captions for an image file."""
     path = image.get("path") if isinstance(image, dict) else getattr(image, "path", image)
-    return results_json(state, image_search(state, path, k))
+    return results_json(state, image_search(state, path, k, explain=False))
 
 
 def register(state: AppState) -> None:

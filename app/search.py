@@ -39,7 +39,8 @@ class SearchOutcome:
     mode: str
     cascade: CascadeConfig
     result: SearchResult
-    dense: SearchResult
+    dense: SearchResult | None
+    """The dense-only ranking beside the result (None when not asked for: the API)."""
     relevant: np.ndarray | None
     """bool (n_gallery,) or None."""
     ground_truth: str
@@ -106,8 +107,9 @@ def check_mode(mode: str) -> str:
 
 
 def text_search(state: AppState, query: Any, k: int = 10, cascade: CascadeConfig | None = None,
-                mode: str = "meet") -> SearchOutcome:
-    """A typed caption over the image gallery."""
+                mode: str = "meet", explain: bool = True) -> SearchOutcome:
+    """A typed caption over the image gallery. ``explain``: also record the trace and run
+    the dense-only ranking beside it (the page shows both; the API returns neither)."""
     if not isinstance(query, str) or not query.strip():
         raise DataError("the query is empty", fix="type a caption, e.g. 'a red circle left of a blue square'")
     text = " ".join(query.split())
@@ -119,13 +121,14 @@ def text_search(state: AppState, query: Any, k: int = 10, cascade: CascadeConfig
     encoded = state.model.encode_texts([text])
     relevant, note = _text_ground_truth(state, text)
     return _run(state, "t2i", f"“{text}”", encoded, k, cascade, mode, relevant, note,
-                time.perf_counter() - started)
+                time.perf_counter() - started, explain)
 
 
 def image_search(state: AppState, image: Any, k: int = 10, cascade: CascadeConfig | None = None,
-                 mode: str = "meet") -> SearchOutcome:
+                 mode: str = "meet", explain: bool = True) -> SearchOutcome:
     """An image over the caption gallery: a gallery position (int), an uploaded file's
-    path, or a PIL image / RGB(A) array (the sketchpad)."""
+    path, or a PIL image / RGB(A) array (the sketchpad). ``explain`` as for
+    :func:`text_search`."""
     started = time.perf_counter()
     gallery = state.gallery
     if gallery.texts.n_items == 0:
@@ -149,7 +152,7 @@ def image_search(state: AppState, image: Any, k: int = 10, cascade: CascadeConfi
         encoded = state.model.encode_images([pil])
         relevant, note, label = None, "", "your image"
     return _run(state, "i2t", label, encoded, k, cascade, mode, relevant, note,
-                time.perf_counter() - started)
+                time.perf_counter() - started, explain)
 
 
 def _decode_query_image(state: AppState, image: Any) -> Image.Image:
@@ -209,19 +212,19 @@ def _image_ground_truth(state: AppState, position: int) -> tuple[np.ndarray, str
 
 def _run(state: AppState, direction: str, label: str, encoded: Encoded, k: int,
          cascade: CascadeConfig | None, mode: str, relevant: np.ndarray | None, note: str,
-         encode_seconds: float) -> SearchOutcome:
+         encode_seconds: float, explain: bool = True) -> SearchOutcome:
     k = check_k(state, k)
     mode = check_mode(mode)
     cfg = cascade or state.cascade
     index = gallery_index(state, direction)
     k = min(k, index.n_items)
     started = time.perf_counter()
-    result = index.search(encoded, k=k, mode=mode, cascade=cfg, trace=True)
+    result = index.search(encoded, k=k, mode=mode, cascade=cfg, trace=explain)
     search_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    dense = index.search(encoded, k=k, mode="dense", cascade=cfg)
-    dense_seconds = time.perf_counter() - started
-    seconds = {"encode": encode_seconds, "search": search_seconds, "dense": dense_seconds,
+    dense = index.search(encoded, k=k, mode="dense", cascade=cfg) if explain else None
+    dense_seconds = time.perf_counter() - started if explain else 0.0
+    seconds = {"encode": encode_seconds, "search": search_seconds, **({"dense": dense_seconds} if explain else {}),
                **{f"stage {name}": value for name, value in result.timings.items() if value}}
     return SearchOutcome(direction, label, mode, cfg, result, dense, relevant, note, seconds,
                          np.asarray(encoded.dense[0], np.float32))

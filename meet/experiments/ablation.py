@@ -84,7 +84,7 @@ def _finished(run: Path, epochs: int) -> bool:
     return bool(last) and int(last.rsplit("-", 1)[1]) + 1 >= epochs
 
 
-def train_model(cfg: MEETConfig, data: Path, run: Path, n_val: int) -> dict[str, Any]:
+def train_model(cfg: MEETConfig, data: Path, run: Path, n_val: int, progress: bool = True) -> dict[str, Any]:
     """Train (or finish training) one model into ``run``; returns its training record.
 
     A run with a complete checkpoint resumes from it (same result as uninterrupted, see
@@ -101,7 +101,7 @@ def train_model(cfg: MEETConfig, data: Path, run: Path, n_val: int) -> dict[str,
             (run / "config.json").write_text(cfg.to_json())
         for stale in run.glob("checkpoints/.tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
-        trainer = Trainer(cfg, data, run, resume=resume)
+        trainer = Trainer(cfg, data, run, resume=resume, progress=progress)
         if trainer.val_ds.n_images > n_val:
             trainer.val_ds = trainer.val_ds.subset(range(n_val))
         trainer.run()
@@ -202,7 +202,7 @@ def run_ablation(data: Path, out: Path, settings: AblationSettings, runs: Path |
         else:
             cfg, run = variants[name].override(seed=seed), runs / f"{name}-s{seed}"
             step(f"train {name} (seed {seed})")
-            record = train_model(cfg, data, run, settings.n_val)
+            record = train_model(cfg, data, run, settings.n_val, progress)
             step(f"evaluate {name} (seed {seed})")
             record["modes"] = evaluate_model(run, test_ds, device)
             record.update(model=name, seed=seed, config=cfg.to_dict())
