@@ -54,7 +54,7 @@ def test_quick_ablation_table_figures_and_resume(tiny_shapes: Path, tmp_path: Pa
     rows = table["rows"]
     assert table["runs_per_number"] == 1 and table["test_images"] == 60 and table["test_captions"] == 300
     groups = [r["group"] for r in rows]
-    assert groups.count("components") == 9 and groups.count("n_bits") == 2
+    assert groups.count("components") == 10 and groups.count("n_bits") == 2
     assert groups.count("R sweep") == 2 and groups.count("q sweep") == 2 and groups.count("seed spread") == 5
     labels = {r["label"] for r in rows}
     assert {"full MEET", "without L_f", "without L_q", "without negative filtering (training)",

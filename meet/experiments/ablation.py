@@ -34,7 +34,7 @@ from meet.checkpoint import read_pointer, write_json_atomic
 from meet.config import MEETConfig
 from meet import cli
 from meet.errors import ConfigError, DataError
-from meet.experiments.settings import (QUICK, AblationSettings, check_settings, model_variants,
+from meet.experiments.settings import (DEMO, QUICK, AblationSettings, check_settings, model_variants,
                                        small_config, sweep_point)
 
 Step = Callable[[str], None]
@@ -248,14 +248,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{','.join(map(str, defaults.noise_seeds))}; empty for none)")
     parser.add_argument("--n-train", type=int, default=None, help=f"training images (default {defaults.n_train})")
     parser.add_argument("--epochs", type=int, default=None, help=f"epochs per model (default {defaults.epochs})")
+    parser.add_argument("--budget", choices=("small", "demo"), default="small",
+                        help="small: the shrunk recipe (default); demo: the bundled model's recipe and budget "
+                             "(about 28 minutes per model on 2 cores), no sweeps")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--quiet", action="store_true",
-                        help="no ablation or rendering progress bar (training epochs keep theirs; "
-                             "TQDM_DISABLE=1 silences those)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def settings_from_args(args: argparse.Namespace) -> AblationSettings:
-    changes: dict[str, Any] = dict(QUICK) if args.quick else {}
+    changes: dict[str, Any] = dict(QUICK) if args.quick else dict(DEMO) if args.budget == "demo" else {}
     for flag in ("seeds", "noise_seeds"):
         text = getattr(args, flag)
         if text is not None:

@@ -57,6 +57,10 @@ class AblationSettings:
     """Tiny models, one epoch: a smoke run for the tests, not a measurement."""
     model_overrides: dict[str, Any] = field(default_factory=dict)
     """Extra config fields applied to every model (after the small preset)."""
+    budget: str = "small"
+    """``small``: the shrunk recipe above; ``demo``: the bundled model's own recipe and
+    budget, unchanged (the ``shapes-demo`` preset: 20,000 training images at 64 px, 15
+    epochs, about 28 minutes each on 2 cores); the sizes above must then be the demo's."""
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -65,6 +69,11 @@ class AblationSettings:
         data["hamming_rates"], data["pq_rates"] = list(self.hamming_rates), list(self.pq_rates)
         return data
 
+
+DEMO = dict(n_train=20000, n_val=1000, n_test=1000, image_size=64, epochs=15, budget="demo", noise_seeds=(),
+            bits=(64,), hamming_rates=(), pq_rates=())
+"""``--budget demo``: the bundled model's recipe and data sizes; no code-length or rate
+sweeps (each would be another 28-minute model per seed)."""
 
 QUICK = dict(n_train=128, n_val=30, n_test=60, epochs=1, bits=(16, 32), seeds=(0,), noise_seeds=(1,),
              hamming_rates=(0.3, 1.0), pq_rates=(0.5, 1.0), quick=True)
@@ -80,6 +89,8 @@ COMPONENTS: dict[str, tuple[str, dict[str, Any]]] = {
     "no_lq": ("without L_q", {"beta2": 0.0}),
     "no_filter": ("without negative filtering (training)", {"filter_negatives": False}),
     "no_pair_reweight": ("without pair reweighting (training)", {"reweight_pairs": False}),
+    "gated": ("filtering and reweighting behind the label-free gate (training)",
+              {"filter_start_epoch": 0, "filter_max_share": 0.005}),
 }
 """Trained variants of the components group: model name -> (row label, config changes)."""
 
@@ -90,6 +101,9 @@ def small_config(settings: AblationSettings) -> MEETConfig:
     The learning rate drops tenfold for the last epoch (``lr_decay_epochs = epochs - 1``),
     as the demo's drop late in training; k-means refits on the whole (small) train split.
     """
+    if settings.budget == "demo":
+        cfg = preset("shapes-demo")
+        return validate(cfg.override(**settings.model_overrides) if settings.model_overrides else cfg)
     cfg = preset("shapes-demo").override(
         epochs=settings.epochs, max_train_images=settings.n_train, image_size=settings.image_size,
         kmeans_sample=settings.n_train, lr_decay_epochs=max(1, settings.epochs - 1))
@@ -137,6 +151,11 @@ def check_settings(settings: AblationSettings) -> AblationSettings:
         if bits <= 0 or bits % 8 or bits % base.model.n_codebooks:
             problems.append(f"n_bits {bits} must be a positive multiple of 8 and of "
                             f"n_codebooks={base.model.n_codebooks}")
+    if settings.budget not in ("small", "demo"):
+        problems.append(f"budget {settings.budget!r} is neither small nor demo")
+    if settings.budget == "demo" and (settings.epochs, settings.image_size) != (base.train.epochs,
+                                                                              base.model.image_size):
+        problems.append("the demo budget trains the shapes-demo recipe as it is (15 epochs, 64 px)")
     if base.model.n_bits not in settings.bits:
         problems.append(f"the bits sweep must contain the full model's n_bits={base.model.n_bits}")
     for rate in (*settings.hamming_rates, *settings.pq_rates):
