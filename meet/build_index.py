@@ -2,7 +2,7 @@
 
     python -m meet.build_index --checkpoint RUN --data DIR --split test --out INDEX \
         [--reciprocal-k 100] [--pq-space hash|dense|residual] [--pq-fit-items N] \
-        [--pq-beam-size B] [--device auto]
+        [--pq-beam-size B] [--hamming-index ivf [--hamming-nlist N]] [--device auto]
 
 Encodes the split's images and captions once with the checkpoint, computes each item's
 top-k scores against the other side (complementarity; ``--reciprocal-k 0`` skips it, which
@@ -12,7 +12,9 @@ a 100k-image gallery may want: it costs n_images x n_captions dot products), and
 checkpoint's; ``--pq-space dense`` quantizes the OPQ-rotated dense vectors instead of the
 hash features, ``--pq-space residual`` the dense vectors by residual quantization (same 8
 bytes per item; far closer to the dense ranking on a large gallery, see
-:mod:`meet.search.quantizers`).
+:mod:`meet.search.quantizers`). ``--hamming-index ivf`` also builds (and saves) the inverted
+lists of the sublinear Hamming filter (:mod:`meet.search.inverted`), which the saved
+index then uses by default.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from meet.errors import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from meet.search.index import BUILD_FIELDS
+    from meet.search.index import BUILD_FIELDS, INVERTED_FIELDS
 
     parser = argparse.ArgumentParser(prog="python -m meet.build_index", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint or run folder")
@@ -38,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, default=256)
     build = parser.add_argument_group("build settings (default: the checkpoint's)")
-    cli.add_config_flags(build, CascadeConfig, only=BUILD_FIELDS, section="cascade")
+    cli.add_config_flags(build, CascadeConfig, only=BUILD_FIELDS + INVERTED_FIELDS, section="cascade")
     return parser
 
 
@@ -52,14 +54,14 @@ def _main(args: argparse.Namespace) -> None:
     from meet.data.loading import load_split
     from meet.inference import load
     from meet.search import build_pair, save_pair
-    from meet.search.index import BUILD_FIELDS, progress_reporter
+    from meet.search.index import BUILD_FIELDS, INVERTED_FIELDS, progress_reporter
 
     if args.batch_size < 1:
         raise ConfigError("--batch-size must be at least 1", fix="e.g. --batch-size 256")
     with cli.output_folder(args.out):
         start = time.perf_counter()
         model = load(args.checkpoint, device=args.device)
-        model.cfg = validate(model.cfg.override(**cli.given_flags(args, BUILD_FIELDS)))
+        model.cfg = validate(model.cfg.override(**cli.given_flags(args, BUILD_FIELDS + INVERTED_FIELDS)))
         ds = load_split(args.data, args.split, model.cfg.model)
         images, texts = model.encode_dataset(ds, batch_size=args.batch_size, progress=True)
         tick, close = progress_reporter(None, len(images) + len(texts))

@@ -256,13 +256,15 @@ def test_aggregate_funnel_matches_stage_survivors(synthetic, monkeypatch, direct
     json_round_trip(agg)
 
 
-@pytest.mark.parametrize("space", ["hash", "dense", "residual"])
+@pytest.mark.parametrize("space,hamming_index", [("hash", "flat"), ("dense", "flat"), ("residual", "flat"),
+                                                 ("hash", "ivf")])
 @pytest.mark.parametrize("scoring", ["symmetric", "asymmetric"])
-def test_recall_cost_curve_rows_equal_stage_survivors(synthetic, monkeypatch, scoring, space):
+def test_recall_cost_curve_rows_equal_stage_survivors(synthetic, monkeypatch, scoring, space, hamming_index):
     """Every row of the curve is what the cascade's filters keep at those rates, for every
-    Hamming scoring and quantization space (the curve once re-implemented the filters and
-    scored Hamming symmetrically whatever the config said)."""
-    cfg = dataclasses.replace(synthetic.cfg, hamming_scores=scoring)
+    Hamming scoring, quantization space and Hamming index (the curve once re-implemented
+    the filters and scored Hamming symmetrically whatever the config said)."""
+    cfg = dataclasses.replace(synthetic.cfg, hamming_scores=scoring, hamming_index=hamming_index,
+                              hamming_nlist=8, hamming_nprobe=2)
     gallery = in_space(synthetic.image_index, space)
     small_budget(monkeypatch, 8 * 150 * 11)  # blocks of 11 queries
     curve = recall_cost_curve(gallery, synthetic.texts, synthetic.rel, hamming_rates=[0.2, 0.6, 60],

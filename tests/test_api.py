@@ -150,10 +150,14 @@ def test_build_index_cli_round_trip(tiny_run, tiny_shapes, tmp_path, capsys):
 
     out = tmp_path / "index"
     assert main(["--checkpoint", str(tiny_run), "--data", str(tiny_shapes), "--split", "test",
-                 "--out", str(out), "--reciprocal-k", "5", "--device", "cpu"]) == 0
+                 "--out", str(out), "--reciprocal-k", "5", "--device", "cpu",
+                 "--hamming-index", "ivf", "--hamming-nlist", "4"]) == 0
     fingerprint = checkpoint_fingerprint(tiny_run)
     images, texts = load_pair(out, fingerprint=fingerprint)
     assert (images.n_items, texts.n_items) == (60, 300) and images.reciprocal.shape == (60, 5)
+    # the inverted lists were built and saved, and the index searches with them by default
+    assert (out / "text" / "ivf_centroids_4.npy").is_file() and texts.cascade.hamming_index == "ivf"
+    assert texts.inverted_lists().nlist == 4
     assert images.ids[0].endswith(".png")
     assert main(["--checkpoint", str(tiny_run), "--data", str(tiny_shapes), "--out", str(out)]) == 2
     assert "not empty" in capsys.readouterr().err

@@ -322,10 +322,12 @@ def _hamming_blocks(q: _Queries, index: GalleryIndex, cascade: CascadeConfig, n_
     lookup tables for the block (one matrix product on all torch threads: for residual
     codebooks that is M x K x dim floats read once per block, not once per sub-block)."""
     step = max(1, min(batch_size, WORK_BUDGET // max(1, n_hamming)))
+    lists = index.inverted_lists(cascade.hamming_nlist) if cascade.hamming_index == "ivf" else None
     for start in range(0, q.dense.shape[0], step):
         block = q.rows(start, start + step)
         t0 = time.perf_counter()
-        positions, scores = hamming_stage(cascade.hamming_scores, block.hash, block.codes, index, n_hamming)
+        positions, scores = hamming_stage(cascade.hamming_scores, block.hash, block.codes, index, n_hamming,
+                                          lists=lists, nprobe=cascade.hamming_nprobe)
         t1 = time.perf_counter()
         timings["hamming"] += t1 - t0
         tables = index.quantizer.lookup_tables(index.quantizer.source(block))
