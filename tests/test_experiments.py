@@ -81,6 +81,22 @@ def test_quick_ablation_table_figures_and_resume(tiny_shapes: Path, tmp_path: Pa
     assert r_one["t2i_relevant_kept"] >= next(r for r in rows if r["label"] == "R = 0.3")["t2i_relevant_kept"]
     markdown = (out / "ablation.md").read_text()
     assert "mean of **1 run**" in markdown and f"| full MEET | meet | {by[('components', 'full', 'meet')]['rsum']:.1f} |" in markdown
+    # Stage II grid: (0, 0) re-ranks by the dense score alone, exactly the cascade mode
+    baseline = json.loads((out / "results" / "rerank-full-a0-b0-s0.json").read_text())
+    for key in ("rsum", "t2i_map@r", "i2t_map@r", "t2i_p@10", "i2t_p@10"):
+        assert baseline["modes"]["meet"][key] == pytest.approx(full["modes"]["cascade"][key])
+    paper = json.loads((out / "results" / "rerank-full-a0.1-b0.1-s0.json").read_text())
+    assert paper["modes"]["meet"]["rsum"] == pytest.approx(full["modes"]["meet"]["rsum"])  # the default weights
+    points = {(r["model"], r["point"]) for r in table["rerank"]}
+    assert points == {(m, p) for m in ("full", "gated") for p in ("a0-b0.1", "a0.1-b0", "a0.1-b0.1", "release")}
+    effect = next(r for r in table["rerank"] if (r["model"], r["point"]) == ("full", "a0.1-b0.1"))["effects"]
+    assert effect["rsum"]["per_seed"] == pytest.approx([paper["modes"]["meet"]["rsum"] - baseline["modes"]["meet"]["rsum"]])
+    parts = {r["name"]: r for r in table["effects"]}
+    assert set(parts) == {"lf", "lq", "filter", "reweight", "gate", "rerank"}
+    no_lf = json.loads((out / "results" / "model-no_lf-s0.json").read_text())
+    assert parts["lf"]["effects"]["t2i_map@r"]["mean"] == pytest.approx(
+        full["modes"]["meet"]["t2i_map@r"] - no_lf["modes"]["meet"]["t2i_map@r"])
+    assert "## Paired effects of each part" in markdown and "### model `gated`" in markdown
     for name in ("components", "n_bits", "rates", "cost"):
         assert pio.read_json(out / "figures" / f"{name}.json").data
         assert (out / "figures" / f"{name}.html").stat().st_size > 1000
