@@ -18,7 +18,7 @@ import pytest
 import meet.analysis._base as analysis_base
 from meet.analysis import (aggregate_funnel, bit_balance, codebook_usage, hamming_pair_histogram,
                            query_funnel, quantization_errors, recall_cost_curve, removed_by_stage,
-                           reweighting_view, true_match_ranks, umap_layout)
+                           rerank_signal, reweighting_view, true_match_ranks, umap_layout)
 from meet.config import CascadeConfig
 from meet.errors import ConfigError, DataError
 from meet.inference import Encoded
@@ -350,6 +350,38 @@ def test_true_match_ranks_match_loops(synthetic):
                          "before": first(dense_order), "after": first(trace.final_order),
                          "n_relevant": int(rel.sum()), "n_relevant_candidates": int(rel[view.ids].sum())}
     assert true_match_ranks(synthetic.traces[0], np.zeros(150, bool))["after"] is None
+
+
+def test_rerank_signal_matches_pairwise_loops(synthetic):
+    """Each term's AUC is the mean over queries of P(relevant candidate above another),
+    ties half, computed here by a double loop over every (relevant, other) pair."""
+    signal = rerank_signal(synthetic.image_index, synthetic.texts, synthetic.rel, synthetic.cfg, batch_size=7)
+
+    def auc(scores, labels):
+        pos = [x for x, y in zip(scores, labels) if y]
+        neg = [x for x, y in zip(scores, labels) if not y]
+        if not pos or not neg:
+            return None
+        return sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg) / (len(pos) * len(neg))
+
+    expected = {"dense": [], "consistency": [], "final": [], "complementarity": [], "dense_top_z": []}
+    ranks_rel = []
+    for trace, rel in zip(synthetic.traces, synthetic.rel):
+        view = reweighting_view(trace)
+        labels = rel[view.ids]
+        for name, values in (("dense", view.dense), ("consistency", view.consistency), ("final", view.final)):
+            expected[name].append(auc(values, labels))
+        consulted = view.complementarity_ranks >= 0
+        expected["complementarity"].append(auc(view.complementarity[consulted], labels[consulted]))
+        expected["dense_top_z"].append(auc(view.dense[consulted], labels[consulted]))
+        ranks_rel += view.complementarity_ranks[consulted & labels].tolist()
+    for name, values in expected.items():
+        used = [v for v in values if v is not None]
+        assert signal.auc[name] == pytest.approx(np.mean(used)) and signal.queries_used[name] == len(used)
+    assert signal.rank_relevant == pytest.approx(np.mean(ranks_rel)) and signal.reciprocal_k == 20
+    assert signal.relevant_per_item == np.median(synthetic.rel.sum(axis=0)) and signal.direction == "t2i"
+    assert 0.5 < signal.auc["dense"] <= 1.0  # the clustered fixture is far from random
+    json_round_trip(signal)
 
 
 # ------------------------------------------------------------------ UMAP

@@ -97,6 +97,9 @@ def test_quick_ablation_table_figures_and_resume(tiny_shapes: Path, tmp_path: Pa
     assert parts["lf"]["effects"]["t2i_map@r"]["mean"] == pytest.approx(
         full["modes"]["meet"]["t2i_map@r"] - no_lf["modes"]["meet"]["t2i_map@r"])
     assert "## Paired effects of each part" in markdown and "### model `gated`" in markdown
+    signal = json.loads((out / "results" / "signal-full-s0.json").read_text())
+    assert set(signal) == {"t2i", "i2t"} and signal["t2i"]["n_queries"] == 300
+    assert table["signals"]["full"][0] == signal and "## Why: how well each re-rank term" in markdown
     for name in ("components", "n_bits", "rates", "cost"):
         assert pio.read_json(out / "figures" / f"{name}.json").data
         assert (out / "figures" / f"{name}.html").stat().st_size > 1000

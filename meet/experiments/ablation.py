@@ -169,6 +169,21 @@ def evaluate_sweep(run: Path, test_ds: Any, points: list[SweepPoint], device: st
                                        "cascade": dataclasses.asdict(changed.cfg.cascade)})
 
 
+def measure_rerank_signal(run: Path, test_ds: Any, path: Path, device: str) -> None:
+    """How well each re-rank term of the run's model separates the truly relevant
+    candidates, both directions (:func:`meet.analysis.rerank_signal`), cached at ``path``."""
+    import meet
+    from meet.analysis import rerank_signal
+    from meet.evaluate import SplitIndexes, shapes_relevance
+
+    model = meet.load(run, device=device)
+    images, texts = model.encode_dataset(test_ds)
+    relevance = shapes_relevance(test_ds).numpy()
+    image_index, text_index = SplitIndexes(model, images, texts).pair()
+    write_json_atomic(path, {"t2i": rerank_signal(image_index, texts, relevance).to_dict(),
+                             "i2t": rerank_signal(text_index, images, relevance.T).to_dict()})
+
+
 # ----------------------------------------------------------------------------- the run
 RESULT_DEFINING = ("n_train", "n_val", "n_test", "image_size", "epochs", "data_seed", "quick",
                    "model_overrides")
@@ -207,7 +222,8 @@ def run_ablation(data: Path, out: Path, settings: AblationSettings, runs: Path |
     sweep = [("hamming", r) for r in settings.hamming_rates] + [("pq", r) for r in settings.pq_rates]
     reranks = rerank_points(settings)
     noise_seeds = [s for s in settings.noise_seeds if s not in settings.seeds]
-    total = (len(settings.seeds) * (2 * len(variants) + len(sweep) + len(reranks) * len(settings.rerank_models))
+    total = (len(settings.seeds) * (2 * len(variants) + len(sweep)
+                                    + (len(reranks) + 1) * len(settings.rerank_models) * bool(reranks))
              + 2 * len(noise_seeds))
     bar = tqdm(total=total, desc="ablation", unit="step", disable=not progress)
 
@@ -250,14 +266,22 @@ def run_ablation(data: Path, out: Path, settings: AblationSettings, runs: Path |
                 SweepPoint(f"re-rank {point} ({name})", changes, out / "results" / f"rerank-{name}-{point}-s{seed}.json",
                            modes=("meet",), drops=False, record={"model": name, "point": point, "seed": seed})
                 for point, changes in reranks.items()])
+            signal = out / "results" / f"signal-{name}-s{seed}.json"
+            if reranks and not signal.is_file():
+                step(f"re-rank signal ({name})")
+                measure_rerank_signal(runs / f"{name}-s{seed}", test_ds, signal, device)
+            elif reranks:
+                bar.update(1)
     spread = models["full"] + [model_result("full", seed) for seed in noise_seeds]
     bar.close()
     sweeps = {(kind, rate): [json.loads((out / "results" / f"sweep-{kind}-{rate:g}-s{s}.json").read_text())
                              for s in settings.seeds] for kind, rate in sweep}
     rerank = {(name, point): [json.loads((out / "results" / f"rerank-{name}-{point}-s{s}.json").read_text())
                               for s in settings.seeds] for name in settings.rerank_models for point in reranks}
+    signals = {name: [json.loads((out / "results" / f"signal-{name}-s{s}.json").read_text()) for s in settings.seeds]
+               for name in settings.rerank_models} if reranks else {}
     table = report.build_table(settings, small_config(settings), models, sweeps, spread,
-                               test_ds.n_images, test_ds.n_captions, rerank)
+                               test_ds.n_images, test_ds.n_captions, rerank, signals)
     report.write_outputs(out, table)
     return table
 

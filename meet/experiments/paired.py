@@ -140,3 +140,45 @@ def format_rerank_effects(rows: list[dict[str, Any]]) -> list[str]:
         lines += ["", f"### model `{model}`", "", "| point " + HEADER[0], "|---" + HEADER[1]]
         lines += [f"| {row['point']} | {_columns(row['effects'])} |" for row in rows if row["model"] == model]
     return lines
+
+
+SIGNAL_TERMS = ("dense", "consistency", "final", "dense_top_z", "complementarity")
+
+
+def format_signals(signals: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Markdown lines: per model and direction, each re-rank term's AUC for telling truly
+    relevant candidates from the others (mean over seeds), and the complementarity ranks."""
+    if not signals:
+        return []
+    lines = ["", "## Why: how well each re-rank term tells relevant candidates apart", "",
+             "AUC over each query's re-ranked candidates (P(a truly relevant candidate scores above another)), "
+             "mean over queries and seeds. `dense top-z` and `complementarity` are over the top-z candidates "
+             "complementarity consults. A term can only help the re-rank if it separates what the dense score "
+             "does not; `final` is the fused score at the model's weights. Complementarity rank: where the query "
+             "falls in the candidate's own top-k list (k = beyond it); relevant per item: median truly relevant "
+             "queries per gallery item (true captions per image for t2i).", "",
+             "| model | direction | dense | consistency | final | dense top-z | complementarity "
+             "| compl. rank relevant / other | beyond k relevant / other | relevant per item / k |",
+             "|---" * 10 + "|"]
+    for model, seeds in signals.items():
+        for direction in ("t2i", "i2t"):
+            runs = [s[direction] for s in seeds if direction in s]
+            if not runs:
+                continue
+            mean = lambda get: _finite_mean([get(r) for r in runs])
+            aucs = " | ".join(_fmt(mean(lambda r, t=t: r["auc"].get(t)), 3) for t in SIGNAL_TERMS)
+            ranks = f"{_fmt(mean(lambda r: r['rank_relevant']), 1)} / {_fmt(mean(lambda r: r['rank_other']), 1)}"
+            beyond = (f"{_fmt(mean(lambda r: r['beyond_k_relevant']), 2)} / "
+                      f"{_fmt(mean(lambda r: r['beyond_k_other']), 2)}")
+            per_item = f"{_fmt(mean(lambda r: r['relevant_per_item']), 0)} / {runs[0]['reciprocal_k']}"
+            lines.append(f"| {model} | {direction} | {aucs} | {ranks} | {beyond} | {per_item} |")
+    return lines
+
+
+def _finite_mean(values: list[Any]) -> float | None:
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return sum(finite) / len(finite) if finite else None
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"

@@ -30,7 +30,7 @@ import numpy as np
 from meet.cli import atomic_write_text
 from meet.config import MEETConfig
 from meet.experiments.paired import (component_effects, format_component_effects, format_rerank_effects,
-                                     rerank_effects)
+                                     format_signals, rerank_effects)
 from meet.experiments.settings import COMPONENTS, RERANK_BASELINE, AblationSettings, bits_model, sweep_point
 from meet.search import stage_sizes
 
@@ -100,11 +100,14 @@ def make_row(group: str, name: str, label: str, mode: str, results: list[dict[st
 def build_table(settings: AblationSettings, base: MEETConfig, models: dict[str, list[dict[str, Any]]],
                 sweeps: dict[tuple[str, float], list[dict[str, Any]]], spread: list[dict[str, Any]],
                 n_images: int, n_captions: int,
-                rerank: dict[tuple[str, str], list[dict[str, Any]]] | None = None) -> dict[str, Any]:
+                rerank: dict[tuple[str, str], list[dict[str, Any]]] | None = None,
+                signals: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, Any]:
     """All rows: components, n_bits, R sweep, q sweep, and the seed spread of the full
     model (``spread``: its results over the main and the noise seeds); plus the settings,
     the paired per-seed effects of each part (:mod:`meet.experiments.paired`) and those of
-    the Stage II weight grid (``rerank``: (model, point) -> per-seed results)."""
+    the Stage II weight grid (``rerank``: (model, point) -> per-seed results) and how well
+    each re-rank term separates relevant candidates (``signals``: model -> per-seed
+    :class:`~meet.analysis.RerankSignal` dicts by direction)."""
     rows = []
     size = dict(n_images=n_images, n_captions=n_captions)
     for name, (label, _) in COMPONENTS.items():
@@ -139,6 +142,7 @@ def build_table(settings: AblationSettings, base: MEETConfig, models: dict[str, 
             "seeds": list(settings.seeds), "test_images": n_images, "test_captions": n_captions,
             "base_config": base.to_dict(), "rows": rows,
             "effects": component_effects(models), "rerank": rerank_effects(rerank or {}, RERANK_BASELINE),
+            "signals": signals or {},
             "train_seconds": {name: [r.get("train_seconds") for r in results] for name, results in models.items()}}
 
 
@@ -204,6 +208,7 @@ def format_markdown(table: dict[str, Any]) -> str:
                      f"{_pair(row, 'bytes_read_per_item', 1)} |")
     lines += format_component_effects(table.get("effects", []))
     lines += format_rerank_effects(table.get("rerank", []))
+    lines += format_signals(table.get("signals", {}))
     return "\n".join(lines) + "\n"
 
 
