@@ -117,6 +117,24 @@ def test_quick_ablation_table_figures_and_resume(tiny_shapes: Path, tmp_path: Pa
     assert "other settings" in capsys.readouterr().err
 
 
+def test_ablation_flags_choose_seeds_bits_and_budget() -> None:
+    import argparse
+
+    from meet.experiments.ablation import add_arguments, settings_from_args
+    from meet.experiments.settings import rerank_points
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    settings = settings_from_args(parser.parse_args(["--data", "d", "--out", "o", "--bits", "64",
+                                                     "--noise-seeds", "", "--seeds", "0,1,2"]))
+    assert settings.bits == (64,) and settings.noise_seeds == () and settings.seeds == (0, 1, 2)
+    points = rerank_points(settings)
+    assert len(points) == 26 and points["a0-b0"] == {"alpha": 0.0, "beta": 0.0, "fusion": True}
+    assert points["release"] == {"fusion": False}
+    demo = settings_from_args(parser.parse_args(["--data", "d", "--out", "o", "--budget", "demo"]))
+    assert (demo.n_train, demo.image_size, demo.epochs, demo.bits) == (20000, 64, 15, (64,))
+
+
 def test_ablation_data_is_generated_only_into_an_empty_folder(tmp_path: Path) -> None:
     from meet.experiments.ablation import prepare_data
     from meet.experiments.settings import QUICK, AblationSettings

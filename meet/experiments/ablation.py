@@ -306,6 +306,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{','.join(map(str, defaults.noise_seeds))}; empty for none)")
     parser.add_argument("--n-train", type=int, default=None, help=f"training images (default {defaults.n_train})")
     parser.add_argument("--epochs", type=int, default=None, help=f"epochs per model (default {defaults.epochs})")
+    parser.add_argument("--bits", default=None,
+                        help=f"comma-separated n_bits values, each a trained model (default "
+                             f"{','.join(map(str, defaults.bits))}; the full model's alone skips the sweep)")
     parser.add_argument("--budget", choices=("small", "demo"), default="small",
                         help="small: the shrunk recipe (default); demo: the bundled model's recipe and budget "
                              "(about 28 minutes per model on 2 cores), no sweeps")
@@ -315,7 +318,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> AblationSettings:
     changes: dict[str, Any] = dict(QUICK) if args.quick else dict(DEMO) if args.budget == "demo" else {}
-    for flag in ("seeds", "noise_seeds"):
+    for flag in ("seeds", "noise_seeds", "bits"):
         text = getattr(args, flag)
         if text is not None:
             try:
