@@ -1,7 +1,8 @@
 """The named API endpoints, for ``gradio_client`` and scripts.
 
 ``/search_text`` takes (query text, k) and ``/search_image`` (an image file, k, target);
-both run the checkpoint's default cascade and return JSON
+both run the checkpoint's default cascade (without the trace and the dense-only ranking the
+page shows) and return JSON
 ``{"results": [{"id", "score", "rank"}...], "stages": {...}}``, best first, ``id`` being
 the image's file name in the data set or the caption's sentence id. ``target`` is
 ``captions`` (the default: image -> captions, ``meet`` mode) or ``images`` (similar images
@@ -25,17 +26,17 @@ from app.state import AppState
 
 def search_text_json(state: AppState, query: str, k: int = 10) -> dict[str, Any]:
     """Text -> images: the top ``k`` gallery images for ``query``."""
-    return results_json(state, text_search(state, query, k))
+    return results_json(state, text_search(state, query, k, explain=False))
 
 
 def search_image_json(state: AppState, image: Any, k: int = 10, target: str = "captions") -> dict[str, Any]:
     """Image -> captions (``target="captions"``) or similar images (``"images"``): the top ``k``."""
     path = image.get("path") if isinstance(image, dict) else getattr(image, "path", image)
     if target == "images":
-        return results_json(state, image_to_images(state, path, k))
+        return results_json(state, image_to_images(state, path, k, explain=False))
     if target != "captions":
         raise ConfigError(f"target {target!r} is neither 'captions' nor 'images'")
-    return results_json(state, image_search(state, path, k))
+    return results_json(state, image_search(state, path, k, explain=False))
 
 
 def register(state: AppState) -> None:

@@ -40,7 +40,8 @@ class SearchOutcome:
     mode: str
     cascade: CascadeConfig
     result: SearchResult
-    dense: SearchResult
+    dense: SearchResult | None
+    """The dense-only ranking beside the result (None when not asked for: the API)."""
     relevant: np.ndarray | None
     """bool (n_gallery,) or None."""
     ground_truth: str
@@ -109,8 +110,9 @@ def check_mode(mode: str) -> str:
 
 
 def text_search(state: AppState, query: Any, k: int = 10, cascade: CascadeConfig | None = None,
-                mode: str = "meet") -> SearchOutcome:
-    """A typed caption over the image gallery."""
+                mode: str = "meet", explain: bool = True) -> SearchOutcome:
+    """A typed caption over the image gallery. ``explain``: also record the trace and run
+    the dense-only ranking beside it (the page shows both; the API returns neither)."""
     if not isinstance(query, str) or not query.strip():
         raise DataError("the query is empty", fix="type a caption, e.g. 'a red circle left of a blue square'")
     text = " ".join(query.split())
@@ -122,13 +124,14 @@ def text_search(state: AppState, query: Any, k: int = 10, cascade: CascadeConfig
     encoded = state.model.encode_texts([text])
     relevant, note = _text_ground_truth(state, text)
     return _run(state, "t2i", f"“{text}”", encoded, k, cascade, mode, relevant, note,
-                time.perf_counter() - started)
+                time.perf_counter() - started, explain)
 
 
 def image_search(state: AppState, image: Any, k: int = 10, cascade: CascadeConfig | None = None,
-                 mode: str = "meet") -> SearchOutcome:
+                 mode: str = "meet", explain: bool = True) -> SearchOutcome:
     """An image over the caption gallery: a gallery position (int), an uploaded file's
-    path, or a PIL image / RGB(A) array (the sketchpad)."""
+    path, or a PIL image / RGB(A) array (the sketchpad). ``explain`` as for
+    :func:`text_search`."""
     started = time.perf_counter()
     if state.gallery.texts.n_items == 0:
         raise DataError("this gallery has no captions to search",
@@ -136,11 +139,11 @@ def image_search(state: AppState, image: Any, k: int = 10, cascade: CascadeConfi
                             "--captions (or a Karpathy-JSON data set)")
     encoded, relevant, note, label = _image_query(state, image)
     return _run(state, "i2t", label, encoded, k, cascade, mode, relevant, note,
-                time.perf_counter() - started)
+                time.perf_counter() - started, explain)
 
 
 def image_to_images(state: AppState, image: Any, k: int = 10, cascade: CascadeConfig | None = None,
-                    mode: str = "cascade") -> SearchOutcome:
+                    mode: str = "cascade", explain: bool = True) -> SearchOutcome:
     """An image over the image gallery (similar pictures), through the image gallery's own
     cascade: the query's hash feature comes from the image head, and the asymmetric or
     symmetric Hamming score, the quantization filter and the dense re-rank compare it with
@@ -148,7 +151,8 @@ def image_to_images(state: AppState, image: Any, k: int = 10, cascade: CascadeCo
     each image's ranking of the captions, so the plain ``cascade`` is the default here."""
     started = time.perf_counter()
     encoded, _, _, label = _image_query(state, image)
-    return _run(state, "i2i", label, encoded, k, cascade, mode, None, "", time.perf_counter() - started)
+    return _run(state, "i2i", label, encoded, k, cascade, mode, None, "", time.perf_counter() - started,
+                explain)
 
 
 def _image_query(state: AppState, image: Any) -> tuple[Encoded, np.ndarray | None, str, str]:
@@ -230,19 +234,19 @@ def _image_ground_truth(state: AppState, position: int) -> tuple[np.ndarray, str
 
 def _run(state: AppState, direction: str, label: str, encoded: Encoded, k: int,
          cascade: CascadeConfig | None, mode: str, relevant: np.ndarray | None, note: str,
-         encode_seconds: float) -> SearchOutcome:
+         encode_seconds: float, explain: bool = True) -> SearchOutcome:
     k = check_k(state, k)
     mode = check_mode(mode)
     cfg = cascade or state.cascade
     index = gallery_index(state, direction)
     k = min(k, index.n_items)
     started = time.perf_counter()
-    result = index.search(encoded, k=k, mode=mode, cascade=cfg, trace=True)
+    result = index.search(encoded, k=k, mode=mode, cascade=cfg, trace=explain)
     search_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    dense = index.search(encoded, k=k, mode="dense", cascade=cfg)
-    dense_seconds = time.perf_counter() - started
-    seconds = {"encode": encode_seconds, "search": search_seconds, "dense": dense_seconds,
+    dense = index.search(encoded, k=k, mode="dense", cascade=cfg) if explain else None
+    dense_seconds = time.perf_counter() - started if explain else 0.0
+    seconds = {"encode": encode_seconds, "search": search_seconds, **({"dense": dense_seconds} if explain else {}),
                **{f"stage {name}": value for name, value in result.timings.items() if value}}
     return SearchOutcome(direction, label, mode, cfg, result, dense, relevant, note, seconds,
                          np.asarray(encoded.dense[0], np.float32))

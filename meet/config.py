@@ -31,6 +31,7 @@ Reranker = Literal["", "esa_bert", "esa_bigru"]
 Ranking = Literal["hinge", "infonce"]
 CaptionSampling = Literal["all", "per_image"]
 HammingScores = Literal["symmetric", "asymmetric"]
+HammingIndex = Literal["flat", "ivf"]
 PQSpace = Literal["hash", "dense", "residual"]
 SurvivorRounding = Literal["nearest", "floor"]
 HashRefitMethod = Literal["distill", "structure", "itq"]
@@ -161,7 +162,14 @@ class LossConfig:
     is treated as a misleading one."""
     filter_start_epoch: int = 1
     """First epoch (0-based) with model-similarity filtering; an untrained text space
-    calls everything similar."""
+    calls everything similar. See also ``filter_max_share``, the label-free gate."""
+    filter_max_share: float = 1.0
+    """Filtering and pair reweighting act only in batches where the filter would flag at
+    most this share of the in-batch negatives (1.0: always). A label-free measure of
+    whether the text space is resolved yet: an untrained one calls many captions near
+    duplicates. In the bundled model's run the flagged share fell from 1.9% (epoch 2,
+    27% of the flags truly relevant) to 0.2% (epoch 15, 83%), passing 0.5% where the
+    precision crossed one half (``assets/shapes-demo/metrics.jsonl``)."""
     oracle_filter: bool = False
     """Ablation only: mask negatives that ground truth (Shapes facts) calls relevant."""
     reweight_pairs: bool = False
@@ -186,7 +194,8 @@ class TrainConfig:
     """Multiply learning rates by ``lr_decay`` every this many epochs."""
     lr_decay: float = 0.1
     grad_clip: float = 2.0
-    """Max global gradient norm (0 = no clipping)."""
+    """Max gradient norm (0 = no clipping), applied to the encoders and to the hash heads
+    separately, so the hash losses never change how far the encoders step."""
     seed: int = 0
     device: str = "auto"
     """``auto`` (CUDA if available, else CPU), ``cpu`` or ``cuda``."""
@@ -264,6 +273,16 @@ class CascadeConfig:
     pq_beam_size: int = 8
     """``pq_space="residual"``: faiss ``ResidualQuantizer``'s beam width, for fitting and
     encoding (wider: closer codes, slower index builds)."""
+    hamming_index: HammingIndex = "flat"
+    """How the Hamming filter finds its survivors: ``flat`` (every code of the gallery, the
+    paper's) or ``ivf`` (inverted lists over the codes: the query visits the lists of its
+    ``hamming_nprobe`` best binary centroids, and as many more as hold R items, and keeps the
+    exact top R among their items; sublinear, see :mod:`meet.search.inverted`)."""
+    hamming_nlist: int = 0
+    """``hamming_index="ivf"``: lists (binary k-means centroids) per gallery; 0: about
+    4 sqrt(n), a power of two (1,024 at 100k items, 4,096 at 1M)."""
+    hamming_nprobe: int = 16
+    """``hamming_index="ivf"``: lists each query visits at least."""
     survivor_rounding: SurvivorRounding = "nearest"
     """How a fractional rate becomes a count of survivors: ``nearest`` (half rounds up) or
     ``floor`` (``int(rate * n)``, what the MEET release's evaluation does)."""
@@ -452,6 +471,7 @@ def validate(cfg: MEETConfig) -> MEETConfig:
         (0 <= lo.reweight_strength <= 1 and lo.reweight_temperature > 0,
          "--reweight-strength/--reweight-temperature", "strength in [0, 1], temperature > 0"),
         (-1 <= lo.filter_threshold <= 1, "--filter-threshold", "a cosine in [-1, 1]"),
+        (0 <= lo.filter_max_share <= 1, "--filter-max-share", "a share in [0, 1]"),
         (t.epochs > 0, "--epochs", "at least 1"),
         (t.batch_size >= 2, "--batch-size", "at least 2 (in-batch negatives)"),
         (t.lr > 0 and t.hash_lr > 0, "--lr/--hash-lr", "positive learning rates"),
@@ -478,6 +498,9 @@ def validate(cfg: MEETConfig) -> MEETConfig:
         (c.pq_beam_size >= 1, "--pq-beam-size", "at least 1"),
         (c.hamming_scores in choices(HammingScores), "--hamming-scores", " or ".join(choices(HammingScores))),
         (c.pq_fit_items >= 1, "--pq-fit-items", "at least 1"),
+        (c.hamming_index in choices(HammingIndex), "--hamming-index", " or ".join(choices(HammingIndex))),
+        (c.hamming_nlist >= 0 and c.hamming_nprobe >= 1, "--hamming-nlist/--hamming-nprobe",
+         "nlist 0 (automatic) or more, nprobe at least 1"),
         (c.survivor_rounding in choices(SurvivorRounding), "--survivor-rounding",
          " or ".join(choices(SurvivorRounding))),
         *_release_checks(m),

@@ -174,8 +174,12 @@ class MEETLoss:
         if cfg.text_positives:
             positives = positives | (pairs.text_key[:, None] == pairs.text_key[None, :])
         ignore = torch.zeros_like(positives)
+        resolved = True  # the label-free gate: is the text space resolved enough to trust?
         if cfg.filter_negatives and epoch >= cfg.filter_start_epoch:
             ignore = misleading_negatives(txt, positives, cfg.filter_threshold)
+            resolved = float(ignore.sum()) <= cfg.filter_max_share * float((~positives).sum())
+            if not resolved:
+                ignore = torch.zeros_like(positives)
         if cfg.oracle_filter:
             if pairs.relevance is None:
                 raise ValueError("oracle_filter needs ground-truth relevance (Shapes data)")
@@ -184,7 +188,7 @@ class MEETLoss:
         dense_sims = img @ txt.T
         hash_sims = F.normalize(h_img, dim=1) @ F.normalize(h_txt, dim=1).T
         weights = None
-        if cfg.reweight_pairs:
+        if cfg.reweight_pairs and resolved:
             weights = pair_weights(dense_sims, positives, ignore, cfg.reweight_strength,
                                    cfg.reweight_temperature)
         terms = {"dense_rank": ranking_loss(dense_sims, positives, ignore, cfg, epoch, weights)}
@@ -198,7 +202,9 @@ class MEETLoss:
             terms["l_q"] = cfg.beta2 * 0.5 * (encoding_loss(h_img, image_pq, cfg.binary_weight)
                                               + encoding_loss(h_txt, text_pq, cfg.binary_weight))
         terms["loss"] = sum(terms.values())
-        return terms, self._stats(positives, ignore, weights, pairs)
+        stats = self._stats(positives, ignore, weights, pairs)
+        stats["gate_open"] = float(resolved)
+        return terms, stats
 
     @staticmethod
     def _stats(positives: torch.Tensor, ignore: torch.Tensor, weights: torch.Tensor | None,

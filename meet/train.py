@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     parser.add_argument("--image-dir", type=Path, default=None, help="raw images, if not under --data")
     parser.add_argument("--val-split", default="val")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (the summary line still prints)")
     for section, klass in SECTIONS.items():
         cli.add_config_flags(parser.add_argument_group(f"{section} (preset value unless given)"), klass,
                              section=section)
@@ -68,10 +69,10 @@ class Trainer:
     """One training run: data, model, optimiser, and the per-epoch cycle."""
 
     def __init__(self, cfg: MEETConfig, data: Path, out: Path, image_dir: Path | None = None,
-                 val_split: str = "val", resume: bool = False):
+                 val_split: str = "val", resume: bool = False, progress: bool = True):
         from meet.data.loading import load_split
 
-        self.cfg, self.out = cfg, out
+        self.cfg, self.out, self.progress = cfg, out, progress
         self.rank, self.world = _init_distributed(cfg.train.device)
         self.device = select_device(cfg.train.device) if self.world == 1 else _ddp_device(cfg.train.device)
         self.main_process = self.rank == 0
@@ -87,7 +88,7 @@ class Trainer:
                                     "features; a plain image folder is a search gallery, not training data")
         for ds in (self.train_ds, self.val_ds):
             if ds.kind == "raw":
-                ds.preload(progress=self.main_process)
+                ds.preload(progress=self.main_process and progress)
         self.start_epoch, self.history = 0, []
         self.best = {"epoch": -1, "score": -float("inf")}
         vocab = None
@@ -161,7 +162,7 @@ class Trainer:
         loader = self.batches.loader(pairs, cfg.batch_size, cfg.num_workers)
         self.net.train()
         sums: dict[str, float] = {}
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.main_process)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (self.main_process and self.progress))
         for images, text_batch, batch_pairs in bar:
             out = self.net(images.to(self.device), {k: v.to(self.device) for k, v in text_batch.items()})
             terms, stats = self.loss(out, _to(batch_pairs, self.device), epoch,
@@ -169,7 +170,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                clip_gradients(self.model, cfg.grad_clip)
             self.optimizer.step()
             for key, value in {**{k: float(v.detach()) for k, v in terms.items()}, **stats}.items():
                 sums[key] = sums.get(key, 0.0) + value
@@ -218,6 +219,18 @@ class Trainer:
         for folder in (self.out / "checkpoints").iterdir():
             if f"checkpoints/{folder.name}" not in (best, name):
                 shutil.rmtree(folder, ignore_errors=True)
+
+
+def clip_gradients(model: MEET, max_norm: float) -> dict[str, float]:
+    """Clip the encoders' gradient norm and the hash heads' separately (each to
+    ``max_norm``); returns both norms before clipping.
+
+    Why apart: with one global norm, a large gradient of the hash losses (L_f, L_q, the hash
+    ranking loss) shrinks the encoders' step too, although ``detach_hash`` keeps those
+    losses off the encoders: the hash heads would steer the encoders through the clip."""
+    return {name: float(nn.utils.clip_grad_norm_(params, max_norm))
+            for name, params in (("encoders", model.encoder_parameters()), ("hash", model.hash_parameters()))
+            if params}
 
 
 def _epoch_summary(sums: dict[str, float]) -> dict[str, float]:
@@ -324,7 +337,8 @@ def _main(args: argparse.Namespace) -> None:
                 raise ConfigError(f"cannot write the run folder --out {args.out}: {exc}",
                                   fix="choose a writable folder for --out") from exc
         resume = args.resume and "last" in read_pointer(args.out)
-        trainer = Trainer(cfg, args.data, args.out, args.image_dir, args.val_split, resume=resume)
+        trainer = Trainer(cfg, args.data, args.out, args.image_dir, args.val_split, resume=resume,
+                          progress=not args.quiet)
         best = trainer.run()
     except MEETError:
         if created and not (args.out / POINTER).exists():  # nothing half-written: a run that saved nothing goes

@@ -150,10 +150,26 @@ def test_build_index_cli_round_trip(tiny_run, tiny_shapes, tmp_path, capsys):
 
     out = tmp_path / "index"
     assert main(["--checkpoint", str(tiny_run), "--data", str(tiny_shapes), "--split", "test",
-                 "--out", str(out), "--reciprocal-k", "5", "--device", "cpu"]) == 0
+                 "--out", str(out), "--reciprocal-k", "5", "--device", "cpu",
+                 "--hamming-index", "ivf", "--hamming-nlist", "4"]) == 0
     fingerprint = checkpoint_fingerprint(tiny_run)
     images, texts = load_pair(out, fingerprint=fingerprint)
     assert (images.n_items, texts.n_items) == (60, 300) and images.reciprocal.shape == (60, 5)
+    # the inverted lists were built and saved, and the index searches with them by default
+    assert (out / "text" / "ivf_centroids_4.npy").is_file() and texts.cascade.hamming_index == "ivf"
+    assert texts.inverted_lists().nlist == 4
     assert images.ids[0].endswith(".png")
     assert main(["--checkpoint", str(tiny_run), "--data", str(tiny_shapes), "--out", str(out)]) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+def test_api_searches_skip_the_trace_and_the_dense_comparison(app_state):
+    from app.api import search_text_json
+    from app.search import text_search
+
+    page = text_search(app_state, "a red circle", k=5)
+    api = text_search(app_state, "a red circle", k=5, explain=False)
+    assert page.result.traces is not None and page.dense is not None
+    assert api.result.traces is None and api.dense is None and "dense" not in api.seconds
+    assert api.result.ids.tolist() == page.result.ids.tolist()  # same answer, less work
+    assert [r["rank"] for r in search_text_json(app_state, "a red circle", 5)["results"]] == [1, 2, 3, 4, 5]

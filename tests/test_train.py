@@ -112,3 +112,60 @@ def test_a_plain_image_folder_is_refused_as_training_data(tiny_shapes, tmp_path,
     shutil.copytree(tiny_shapes / "images", folder)
     assert main(["--data", str(folder), "--out", str(tmp_path / "run"), *TINY_FLAGS]) != 0
     assert "0 captions" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_gradients_are_clipped_per_group():
+    """A huge hash-head gradient must not shrink the encoders' step (one global norm did)."""
+    import torch
+
+    from meet.config import preset
+    from meet.data.vocab import Vocabulary
+    from meet.model import build_model
+    from meet.train import clip_gradients
+
+    cfg = preset("shapes-demo").model
+    cfg.embed_dim, cfg.cnn_width, cfg.word_dim = 16, 4, 8
+    model = build_model(cfg, vocab=Vocabulary.build(["a red circle", "two blue squares"]))
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 1e-4)
+    before = [p.grad.clone() for p in model.encoder_parameters()]
+    for p in model.hash_parameters():
+        p.grad = torch.full_like(p, 1e3)   # the hash losses spike
+    norms = clip_gradients(model, 2.0)
+    assert norms["hash"] > 2.0 and norms["encoders"] < 2.0
+    assert all(torch.equal(a, p.grad) for a, p in zip(before, model.encoder_parameters()))
+    hash_norm = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in model.hash_parameters()]))
+    assert abs(float(hash_norm) - 2.0) < 1e-3
+
+
+def test_the_label_free_gate_holds_filtering_and_reweighting_until_the_text_space_resolves():
+    import torch
+
+    from meet.config import LossConfig
+    from meet.losses import BatchPairs, MEETLoss
+
+    torch.manual_seed(0)
+    n = 8
+    out = {"image_dense": torch.nn.functional.normalize(torch.randn(n, 6), dim=1),
+           "image_hash": torch.tanh(torch.randn(n, 8)), "text_hash": torch.tanh(torch.randn(n, 8)),
+           "hash_detached": True}
+    pairs = BatchPairs(image_index=torch.arange(n), text_key=torch.arange(n))
+    blurred = torch.nn.functional.normalize(torch.ones(n, 6) + 0.01 * torch.randn(n, 6), dim=1)  # all alike
+    sharp = torch.nn.functional.normalize(torch.eye(n, 6) + 0.01, dim=1)                          # all apart
+    cfg = LossConfig(filter_negatives=True, filter_threshold=0.9, filter_start_epoch=0, reweight_pairs=True,
+                     filter_max_share=0.05)
+    _, closed = MEETLoss(cfg)({**out, "text_dense": blurred}, pairs, epoch=0)
+    assert closed["gate_open"] == 0.0 and closed["filtered"] == 0.0 and "weight_std" not in closed
+    _, opened = MEETLoss(cfg)({**out, "text_dense": sharp}, pairs, epoch=0)
+    assert opened["gate_open"] == 1.0 and "weight_std" in opened
+    _, always = MEETLoss(LossConfig(**{**cfg.__dict__, "filter_max_share": 1.0}))(
+        {**out, "text_dense": blurred}, pairs, epoch=0)
+    assert always["filtered"] == n * (n - 1)  # without the gate the blurred space flags every negative
+
+
+def test_quiet_training_shows_no_progress_bars(tiny_shapes, tmp_path, capsys):
+    assert main(["--data", str(tiny_shapes), "--out", str(tmp_path / "run"), "--epochs", "1", "--quiet",
+                 *TINY_FLAGS]) == 0
+    captured = capsys.readouterr()
+    assert "epoch 1/1" not in captured.err and "it/s" not in captured.err
+    assert "best epoch 1" in captured.out  # the summary still prints
