@@ -96,6 +96,32 @@ def test_config_that_does_not_match_the_weights(tiny_run, tmp_path):
         meet.load(folder)
 
 
+@pytest.mark.parametrize("field", ["embed_dim", "word_dim", "n_bits"])
+def test_a_config_edited_to_a_huge_size_is_refused_before_anything_is_allocated(tiny_run, tmp_path, monkeypatch,
+                                                                                field):
+    """A size of 2**20 makes a model of gigabytes: meet.load must compare the shapes on the
+    meta device with the files' headers and never build it for real (the full suite was
+    once killed by the out-of-memory killer in the config fuzz test)."""
+    import torch
+
+    import meet.checkpoint
+
+    folder = _checkpoint_copy(tiny_run, tmp_path)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["model"][field] = 2**20
+    (folder / "config.json").write_text(json.dumps(cfg))
+    devices, build = [], meet.checkpoint.build_model
+
+    def spy(*args, **kwargs):
+        devices.append(str(torch.get_default_device()))
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(meet.checkpoint, "build_model", spy)
+    with pytest.raises(CheckpointError, match="another shape"):
+        meet.load(folder)
+    assert devices == ["meta"]
+
+
 def test_missing_codebooks_and_wrong_paths(tiny_run, tmp_path):
     folder = _checkpoint_copy(tiny_run, tmp_path)
     (folder / "codebooks.safetensors").unlink()
