@@ -94,9 +94,10 @@ def encode_shard(model: MEETModel, dataset: Any, ranks: Ranks, batch_size: int =
     def offset(by: int) -> Callable[[int, int], None] | None:
         return None if progress is None else (lambda done, _total: progress(by + done, total))
 
-    batches = (dataset.images(range(s, min(s + batch_size, image_stop)))
-               for s in range(image_start, image_stop, batch_size))
-    images = model.encode_image_batches(batches, n_images, batch_size, progress=offset(0))
+    # through the image tower's own preprocessing where it has one (a CLIP model's), as
+    # one process's encode_dataset reads them
+    images = model.encode_dataset_images(dataset, rows=range(image_start, image_stop), batch_size=batch_size,
+                                         progress=offset(0))
     texts = model.encode_texts(list(dataset.captions[caption_start:caption_stop]), batch_size=batch_size * 4,
                                progress=offset(n_images))
     return images, texts
