@@ -145,6 +145,9 @@ def run_direction(direction: str, sides: dict[str, Side], args, model, log, inde
         built = time.perf_counter() - t0
         for method in methods:
             for setting in method.settings:
+                if points and points[-1]["index"] == method.name and points[-1]["method"] == method.family \
+                        and points[-1]["recall_at_10"] >= args.stop_recall:
+                    break  # the sweep runs cheap to costly: past this recall, only slower settings remain
                 ids, timing = measure(setting, queries, args.k, args.batch, args.repeats, args.single_queries,
                                       args.single_threads or None, args.batch_threads or None)
                 recall = recall_at_10(ids, dense_of(gallery, queries, ids), reference)
@@ -212,27 +215,31 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--queries", type=int, default=1000, help="queries per direction (recall)")
     p.add_argument("--batch", type=int, default=256, help="queries per batched call")
     p.add_argument("--single-queries", type=int, default=50, help="one-query calls (median)")
-    p.add_argument("--repeats", type=int, default=3,
+    p.add_argument("--repeats", type=int, default=2,
                    help="batched calls timed after the recall pass (best of these and the pass's own calls)")
     p.add_argument("--single-threads", type=int, default=1, help="threads for single queries (0: the default)")
     p.add_argument("--batch-threads", type=int, default=0, help="threads for batched calls (0: the default)")
     p.add_argument("--k", type=int, default=10)
+    p.add_argument("--stop-recall", type=float, default=0.995,
+                   help="a method's sweep stops after its first setting with this recall (above 1: never)")
     p.add_argument("--target", type=float, default=0.95, help="recall@10 the headline table asks for")
     p.add_argument("--hnsw-m", type=int, default=32)
     p.add_argument("--ef-construction", type=int, default=40)
-    p.add_argument("--ef-search", type=_ints, default=[16, 32, 64, 128, 256])
+    p.add_argument("--ef-search", type=_ints, default=[16, 32, 64, 128, 256, 512, 1024])
     p.add_argument("--nlist", type=int, default=0, help="IVF lists (0: 2 sqrt(n))")
-    p.add_argument("--nprobe", type=_ints, default=[4, 8, 16, 32, 64])
-    p.add_argument("--k-factor", type=_ints, default=[2, 4, 16], help="refine: base candidates / k")
+    p.add_argument("--nprobe", type=_ints, default=[4, 8, 16, 32, 64, 128])
+    p.add_argument("--k-factor", type=_ints, default=[4, 16, 64], help="refine: base candidates / k")
     p.add_argument("--train-items", type=int, default=20_000, help="rows the IVF codecs are trained on")
     p.add_argument("--ivfpq-m", type=int, default=32, help="IVF-PQ sub-quantizers (8 bits each)")
     p.add_argument("--rabitq-qb", type=int, default=8, help="RaBitQ query bits")
     p.add_argument("--refine-flat", action="store_true", help="add IVF-PQ + IndexRefineFlat (fp32 rows)")
-    p.add_argument("--oversample", type=_ints, default=[10, 30, 100, 300],
-                   help="binary codes: Hamming candidates / k rescored")
-    p.add_argument("--binary-nprobe", type=_ints, default=[8, 32], help="IndexBinaryIVF lists visited")
+    p.add_argument("--oversample", type=_ints, default=[10, 30, 100, 300, 1000, 3000],
+                   help="binary + rescore: Hamming candidates / k rescored")
+    p.add_argument("--binary-nprobe", type=_ints, default=[8, 32, 128], help="IndexBinaryIVF lists visited")
+    p.add_argument("--binary-ivf-oversample", type=_ints, default=[10, 100, 1000],
+                   help="BinaryIVF + rescore: Hamming candidates / k rescored")
     p.add_argument("--meet-rates", type=_rates, default=_rates("1000:100,2000:200,2000:300,5000:500,10000:1000,"
-                                                               "20000:2000"),
+                                                               "20000:2000,50000:5000"),
                    help="cascade R:q settings (counts; <= 1: fractions, 1:1 keeps the whole gallery)")
     p.add_argument("--meet-spaces", type=lambda s: s.split(","), default=["hash", "dense", "residual"],
                    help="MEET variants to run, by quantization space (dense / residual are fitted on the gallery)")

@@ -388,7 +388,7 @@ def binary_ivf(ctx: Context) -> list[Method]:
     method = Method("BinaryIVF + fp16 rescore", f"{name} + fp16 rescore", build_s, per_item,
                     per_item + 2 * ctx.dim, build_cached=cached)
     for nprobe in ctx.args.binary_nprobe:
-        for over in ctx.args.oversample:
+        for over in ctx.args.binary_ivf_oversample:
             method.settings.append(Setting(f"nprobe={nprobe}, oversample={over}",
                                            _binary_search(ctx, index, over, nprobe)))
     return [method]

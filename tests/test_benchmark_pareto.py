@@ -21,7 +21,8 @@ FIELDS = ("method", "setting", "direction", "recall_at_10", "batched_ms", "singl
           "index_bytes_per_item", "total_bytes_per_item", "build_s")
 SMALL = ["--size", str(SIZE), "--queries", "40", "--batch", "16", "--single-queries", "3", "--repeats", "1",
          "--ef-search", "32", "--nprobe", "4", "--k-factor", "4", "--ivfpq-m", "8", "--train-items", "2000",
-         "--oversample", "10", "--binary-nprobe", "4", "--meet-spaces", "hash", "--meet-rates", "50:20,1:1"]
+         "--oversample", "10", "--binary-nprobe", "4", "--binary-ivf-oversample", "10", "--stop-recall", "2",
+         "--meet-spaces", "hash", "--meet-rates", "50:20,1:1"]
 
 
 @pytest.fixture(scope="module")
