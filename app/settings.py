@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from meet.config import HammingIndex, choices
 from meet.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -51,6 +52,9 @@ class AppSettings:
     """``auto`` (the GPU when there is one, else the CPU), ``cpu`` or ``cuda``."""
     cache_dir: str = str(Path.home() / ".cache" / "meet-studio")
     """Generated default gallery and saved gallery indexes (keyed by checkpoint and data)."""
+    hamming_index: str = ""
+    """The Hamming filter: ``flat`` (every code) or ``ivf`` (inverted lists, built with the
+    cached index: see meet.search.inverted). Empty: the checkpoint's ``cascade.hamming_index``."""
     shapes_seed: int = 0
     """Seed of the default Shapes gallery (the bundled model's data seed)."""
     max_upload_mb: int = 10
@@ -73,7 +77,7 @@ _ENV = {
     "port": ("MEET_PORT", "GRADIO_SERVER_PORT"), "share": ("MEET_SHARE",),
     "device": ("MEET_DEVICE",), "cache_dir": ("MEET_CACHE",), "bert": ("MEET_BERT",),
     "vocab": ("MEET_VOCAB",), "reranker": ("MEET_RERANKER",), "images": ("MEET_IMAGES",),
-    "image_ids": ("MEET_IMAGE_IDS",),
+    "image_ids": ("MEET_IMAGE_IDS",), "hamming_index": ("MEET_HAMMING_INDEX",),
 }
 """Environment variables per setting (first set one wins), e.g. for a Hugging Face Space."""
 
@@ -126,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="create a public gradio.live link (MEET_SHARE; off by default)")
     parser.add_argument("--device", help="auto, cpu or cuda (MEET_DEVICE)")
     parser.add_argument("--cache-dir", help="cache folder (MEET_CACHE)")
+    parser.add_argument("--hamming-index", help="flat or ivf: the Hamming filter over every code or over "
+                        "inverted lists, sublinear (MEET_HAMMING_INDEX; default: the checkpoint's)")
     return parser
 
 
@@ -150,6 +156,8 @@ def check(settings: AppSettings) -> AppSettings:
         raise ConfigError(f"device {settings.device!r} is not auto, cpu or cuda")
     if settings.captions and not settings.data:
         raise ConfigError("--captions needs --data (the image folder the captions describe)")
+    if settings.hamming_index not in {"", *choices(HammingIndex)}:
+        raise ConfigError(f"hamming_index {settings.hamming_index!r} is not {' or '.join(choices(HammingIndex))}")
     if bool(settings.images) != bool(settings.image_ids):
         raise ConfigError("--images and --image-ids go together",
                           fix="pass the raw image folder and the split's id file, or neither")

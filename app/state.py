@@ -121,6 +121,8 @@ def load_state(settings: AppSettings, report: Report = print) -> AppState:
                      if getattr(settings, name)}
     model = meet.load(settings.checkpoint, device=None if settings.device == "auto" else settings.device,
                       **release_files)
+    if settings.hamming_index:
+        model.cfg = model.cfg.override(hamming_index=settings.hamming_index)
     seconds["checkpoint"] = time.perf_counter() - start
     step = time.perf_counter()
     dataset = _load_dataset(settings, model, report)

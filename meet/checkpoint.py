@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from meet.cli import atomic_folder, atomic_write_json
@@ -184,16 +184,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     vocab = None
     if cfg.model.text_encoder == "bigru":
         vocab = Vocabulary.load(folder / "vocab.json")
-    try:
-        model = build_model(cfg.model, vocab=vocab, saved_dir=folder)
-    except MEETError:
-        raise
-    except Exception as exc:
-        raise CheckpointError(f"cannot rebuild the model of {folder}: {exc}",
-                              fix="its config.json does not describe a model this version of meet "
-                                  "can build; re-save it or retrain") from exc
-    state = load_tensors(folder / "model.safetensors")
-    state.update(load_tensors(folder / "codebooks.safetensors"))
+    files = [folder / "model.safetensors", folder / "codebooks.safetensors"]
+    check_weight_shapes(folder, _build(cfg, vocab, folder, "meta").state_dict(), stored_shapes(files))
+    model = _build(cfg, vocab, folder, "cpu")
+    state = load_tensors(files[0])
+    state.update(load_tensors(files[1]))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -201,6 +196,56 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
         raise CheckpointError(f"weights in {folder} do not match its config.json: {' '.join(first)}",
                               fix="the config and weights come from different models") from exc
     return model.to(device).eval(), cfg, folder
+
+
+def _build(cfg: MEETConfig, vocab: Vocabulary | None, folder: Path, device: str) -> MEET:
+    """``cfg``'s model on ``device``; on ``meta`` it holds shapes and no memory, which is how
+    a config is checked against the weight files before anything is allocated."""
+    try:
+        with torch.device(device):
+            return build_model(cfg.model, vocab=vocab, saved_dir=folder)
+    except MEETError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(f"cannot rebuild the model of {folder}: {exc}",
+                              fix="its config.json does not describe a model this version of meet "
+                                  "can build; re-save it or retrain") from exc
+
+
+def stored_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape in safetensors ``files``, from their headers alone."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for path in files:
+        if not path.is_file():
+            raise CheckpointError(f"missing {path}", fix="the checkpoint folder is incomplete")
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                for name in handle.keys():
+                    shapes[name] = tuple(handle.get_slice(name).get_shape())
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{path} is not a readable safetensors file ({exc})",
+                                  fix="the file is truncated or not a safetensors file; re-save or retrain") from exc
+    return shapes
+
+
+def check_weight_shapes(folder: Path, expected: dict[str, torch.Tensor],
+                        stored: dict[str, tuple[int, ...]]) -> None:
+    """Refuse a config whose model does not match the weights before that model is built:
+    a size edited to 2**40 would otherwise be allocated (and the process killed by the
+    kernel's out-of-memory killer) before ``load_state_dict`` could notice."""
+    expected = {name: tuple(value.shape) for name, value in expected.items()}
+    missing = sorted(set(expected) - set(stored))
+    unexpected = sorted(set(stored) - set(expected))
+    differ = sorted(name for name in set(expected) & set(stored) if expected[name] != stored[name])
+    if not (missing or unexpected or differ):
+        return
+    parts = [f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
+             f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
+             f"{len(differ)} of another shape (e.g. {differ[0]}: config {expected[differ[0]]}, "
+             f"file {stored[differ[0]]})" if differ else ""]
+    raise CheckpointError(f"weights in {folder} do not match its config.json: "
+                          + ", ".join(part for part in parts if part),
+                          fix="the config and weights come from different models")
 
 
 def export_checkpoint(source: str | Path, target: str | Path) -> Path:

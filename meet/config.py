@@ -31,6 +31,7 @@ Reranker = Literal["", "esa_bert", "esa_bigru"]
 Ranking = Literal["hinge", "infonce"]
 CaptionSampling = Literal["all", "per_image"]
 HammingScores = Literal["symmetric", "asymmetric"]
+HammingIndex = Literal["flat", "ivf"]
 PQSpace = Literal["hash", "dense", "residual"]
 SurvivorRounding = Literal["nearest", "floor"]
 HashRefitMethod = Literal["distill", "structure", "itq"]
@@ -266,6 +267,16 @@ class CascadeConfig:
     pq_beam_size: int = 8
     """``pq_space="residual"``: faiss ``ResidualQuantizer``'s beam width, for fitting and
     encoding (wider: closer codes, slower index builds)."""
+    hamming_index: HammingIndex = "flat"
+    """How the Hamming filter finds its survivors: ``flat`` (every code of the gallery, the
+    paper's) or ``ivf`` (inverted lists over the codes: the query visits the lists of its
+    ``hamming_nprobe`` best binary centroids, and as many more as hold R items, and keeps the
+    exact top R among their items; sublinear, see :mod:`meet.search.inverted`)."""
+    hamming_nlist: int = 0
+    """``hamming_index="ivf"``: lists (binary k-means centroids) per gallery; 0: about
+    4 sqrt(n), a power of two (1,024 at 100k items, 4,096 at 1M)."""
+    hamming_nprobe: int = 16
+    """``hamming_index="ivf"``: lists each query visits at least."""
     survivor_rounding: SurvivorRounding = "nearest"
     """How a fractional rate becomes a count of survivors: ``nearest`` (half rounds up) or
     ``floor`` (``int(rate * n)``, what the MEET release's evaluation does)."""
@@ -430,6 +441,9 @@ def validate(cfg: MEETConfig) -> MEETConfig:
         (c.pq_beam_size >= 1, "--pq-beam-size", "at least 1"),
         (c.hamming_scores in choices(HammingScores), "--hamming-scores", " or ".join(choices(HammingScores))),
         (c.pq_fit_items >= 1, "--pq-fit-items", "at least 1"),
+        (c.hamming_index in choices(HammingIndex), "--hamming-index", " or ".join(choices(HammingIndex))),
+        (c.hamming_nlist >= 0 and c.hamming_nprobe >= 1, "--hamming-nlist/--hamming-nprobe",
+         "nlist 0 (automatic) or more, nprobe at least 1"),
         (c.survivor_rounding in choices(SurvivorRounding), "--survivor-rounding",
          " or ".join(choices(SurvivorRounding))),
         *_release_checks(m),

@@ -18,7 +18,7 @@ import pytest
 import meet.analysis._base as analysis_base
 from meet.analysis import (aggregate_funnel, bit_balance, codebook_usage, hamming_pair_histogram,
                            query_funnel, quantization_errors, recall_cost_curve, removed_by_stage,
-                           reweighting_view, true_match_ranks, umap_layout)
+                           rerank_signal, reweighting_view, true_match_ranks, umap_layout)
 from meet.config import CascadeConfig
 from meet.errors import ConfigError, DataError
 from meet.inference import Encoded
@@ -256,13 +256,15 @@ def test_aggregate_funnel_matches_stage_survivors(synthetic, monkeypatch, direct
     json_round_trip(agg)
 
 
-@pytest.mark.parametrize("space", ["hash", "dense", "residual"])
+@pytest.mark.parametrize("space,hamming_index", [("hash", "flat"), ("dense", "flat"), ("residual", "flat"),
+                                                 ("hash", "ivf")])
 @pytest.mark.parametrize("scoring", ["symmetric", "asymmetric"])
-def test_recall_cost_curve_rows_equal_stage_survivors(synthetic, monkeypatch, scoring, space):
+def test_recall_cost_curve_rows_equal_stage_survivors(synthetic, monkeypatch, scoring, space, hamming_index):
     """Every row of the curve is what the cascade's filters keep at those rates, for every
-    Hamming scoring and quantization space (the curve once re-implemented the filters and
-    scored Hamming symmetrically whatever the config said)."""
-    cfg = dataclasses.replace(synthetic.cfg, hamming_scores=scoring)
+    Hamming scoring, quantization space and Hamming index (the curve once re-implemented
+    the filters and scored Hamming symmetrically whatever the config said)."""
+    cfg = dataclasses.replace(synthetic.cfg, hamming_scores=scoring, hamming_index=hamming_index,
+                              hamming_nlist=8, hamming_nprobe=2)
     gallery = in_space(synthetic.image_index, space)
     small_budget(monkeypatch, 8 * 150 * 11)  # blocks of 11 queries
     curve = recall_cost_curve(gallery, synthetic.texts, synthetic.rel, hamming_rates=[0.2, 0.6, 60],
@@ -348,6 +350,38 @@ def test_true_match_ranks_match_loops(synthetic):
                          "before": first(dense_order), "after": first(trace.final_order),
                          "n_relevant": int(rel.sum()), "n_relevant_candidates": int(rel[view.ids].sum())}
     assert true_match_ranks(synthetic.traces[0], np.zeros(150, bool))["after"] is None
+
+
+def test_rerank_signal_matches_pairwise_loops(synthetic):
+    """Each term's AUC is the mean over queries of P(relevant candidate above another),
+    ties half, computed here by a double loop over every (relevant, other) pair."""
+    signal = rerank_signal(synthetic.image_index, synthetic.texts, synthetic.rel, synthetic.cfg, batch_size=7)
+
+    def auc(scores, labels):
+        pos = [x for x, y in zip(scores, labels) if y]
+        neg = [x for x, y in zip(scores, labels) if not y]
+        if not pos or not neg:
+            return None
+        return sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg) / (len(pos) * len(neg))
+
+    expected = {"dense": [], "consistency": [], "final": [], "complementarity": [], "dense_top_z": []}
+    ranks_rel = []
+    for trace, rel in zip(synthetic.traces, synthetic.rel):
+        view = reweighting_view(trace)
+        labels = rel[view.ids]
+        for name, values in (("dense", view.dense), ("consistency", view.consistency), ("final", view.final)):
+            expected[name].append(auc(values, labels))
+        consulted = view.complementarity_ranks >= 0
+        expected["complementarity"].append(auc(view.complementarity[consulted], labels[consulted]))
+        expected["dense_top_z"].append(auc(view.dense[consulted], labels[consulted]))
+        ranks_rel += view.complementarity_ranks[consulted & labels].tolist()
+    for name, values in expected.items():
+        used = [v for v in values if v is not None]
+        assert signal.auc[name] == pytest.approx(np.mean(used)) and signal.queries_used[name] == len(used)
+    assert signal.rank_relevant == pytest.approx(np.mean(ranks_rel)) and signal.reciprocal_k == 20
+    assert signal.relevant_per_item == np.median(synthetic.rel.sum(axis=0)) and signal.direction == "t2i"
+    assert 0.5 < signal.auc["dense"] <= 1.0  # the clustered fixture is far from random
+    json_round_trip(signal)
 
 
 # ------------------------------------------------------------------ UMAP

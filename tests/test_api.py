@@ -96,6 +96,32 @@ def test_config_that_does_not_match_the_weights(tiny_run, tmp_path):
         meet.load(folder)
 
 
+@pytest.mark.parametrize("field", ["embed_dim", "word_dim", "n_bits"])
+def test_a_config_edited_to_a_huge_size_is_refused_before_anything_is_allocated(tiny_run, tmp_path, monkeypatch,
+                                                                                field):
+    """A size of 2**20 makes a model of gigabytes: meet.load must compare the shapes on the
+    meta device with the files' headers and never build it for real (the full suite was
+    once killed by the out-of-memory killer in the config fuzz test)."""
+    import torch
+
+    import meet.checkpoint
+
+    folder = _checkpoint_copy(tiny_run, tmp_path)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["model"][field] = 2**20
+    (folder / "config.json").write_text(json.dumps(cfg))
+    devices, build = [], meet.checkpoint.build_model
+
+    def spy(*args, **kwargs):
+        devices.append(str(torch.get_default_device()))
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(meet.checkpoint, "build_model", spy)
+    with pytest.raises(CheckpointError, match="another shape"):
+        meet.load(folder)
+    assert devices == ["meta"]
+
+
 def test_missing_codebooks_and_wrong_paths(tiny_run, tmp_path):
     folder = _checkpoint_copy(tiny_run, tmp_path)
     (folder / "codebooks.safetensors").unlink()
@@ -150,10 +176,14 @@ def test_build_index_cli_round_trip(tiny_run, tiny_shapes, tmp_path, capsys):
 
     out = tmp_path / "index"
     assert main(["--checkpoint", str(tiny_run), "--data", str(tiny_shapes), "--split", "test",
-                 "--out", str(out), "--reciprocal-k", "5", "--device", "cpu"]) == 0
+                 "--out", str(out), "--reciprocal-k", "5", "--device", "cpu",
+                 "--hamming-index", "ivf", "--hamming-nlist", "4"]) == 0
     fingerprint = checkpoint_fingerprint(tiny_run)
     images, texts = load_pair(out, fingerprint=fingerprint)
     assert (images.n_items, texts.n_items) == (60, 300) and images.reciprocal.shape == (60, 5)
+    # the inverted lists were built and saved, and the index searches with them by default
+    assert (out / "text" / "ivf_centroids_4.npy").is_file() and texts.cascade.hamming_index == "ivf"
+    assert texts.inverted_lists().nlist == 4
     assert images.ids[0].endswith(".png")
     assert main(["--checkpoint", str(tiny_run), "--data", str(tiny_shapes), "--out", str(out)]) == 2
     assert "not empty" in capsys.readouterr().err

@@ -29,6 +29,9 @@ def test_settings_come_from_env_then_flags(tmp_path):
         from_env({"MEET_PORT": "seventy"})
     with pytest.raises(SystemExit):
         from_args(["--port", "70000"], environ={})
+    assert from_env({"MEET_HAMMING_INDEX": "ivf"}).hamming_index == "ivf"
+    with pytest.raises(SystemExit):
+        from_args(["--hamming-index", "hnsw"], environ={})
 
 
 def test_default_state_is_the_shapes_test_split(app_state):
@@ -74,6 +77,12 @@ def test_the_app_indexes_in_the_checkpoints_quantization_space(tiny_run, tiny_sh
     assert not any("loaded the cached" in line for line in lines)
     assert len(list((cache / "indexes").iterdir())) == 2
     assert second.gallery.texts.quantizer.codebooks.shape[2] == second.model.cfg.model.embed_dim
+    # --hamming-index ivf: the inverted lists are built with (and cached in) a third index
+    lists = load_state(AppSettings(checkpoint=str(hashed), hamming_index="ivf", **settings), report=lambda line: None)
+    assert lists.cascade.hamming_index == "ivf" and len(list((cache / "indexes").iterdir())) == 3
+    assert lists.gallery.images._inverted and lists.gallery.texts._inverted
+    outcome = text_search(lists, "a red circle", k=3)
+    assert outcome.result.ids.shape == (1, 3) and (outcome.result.ids >= 0).all()
 
 
 def test_text_search_finds_relevant_images(app_state):

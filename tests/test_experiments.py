@@ -81,6 +81,25 @@ def test_quick_ablation_table_figures_and_resume(tiny_shapes: Path, tmp_path: Pa
     assert r_one["t2i_relevant_kept"] >= next(r for r in rows if r["label"] == "R = 0.3")["t2i_relevant_kept"]
     markdown = (out / "ablation.md").read_text()
     assert "mean of **1 run**" in markdown and f"| full MEET | meet | {by[('components', 'full', 'meet')]['rsum']:.1f} |" in markdown
+    # Stage II grid: (0, 0) re-ranks by the dense score alone, exactly the cascade mode
+    baseline = json.loads((out / "results" / "rerank-full-a0-b0-s0.json").read_text())
+    for key in ("rsum", "t2i_map@r", "i2t_map@r", "t2i_p@10", "i2t_p@10"):
+        assert baseline["modes"]["meet"][key] == pytest.approx(full["modes"]["cascade"][key])
+    paper = json.loads((out / "results" / "rerank-full-a0.1-b0.1-s0.json").read_text())
+    assert paper["modes"]["meet"]["rsum"] == pytest.approx(full["modes"]["meet"]["rsum"])  # the default weights
+    points = {(r["model"], r["point"]) for r in table["rerank"]}
+    assert points == {(m, p) for m in ("full", "gated") for p in ("a0-b0.1", "a0.1-b0", "a0.1-b0.1", "release")}
+    effect = next(r for r in table["rerank"] if (r["model"], r["point"]) == ("full", "a0.1-b0.1"))["effects"]
+    assert effect["rsum"]["per_seed"] == pytest.approx([paper["modes"]["meet"]["rsum"] - baseline["modes"]["meet"]["rsum"]])
+    parts = {r["name"]: r for r in table["effects"]}
+    assert set(parts) == {"lf", "lq", "filter", "reweight", "gate", "rerank"}
+    no_lf = json.loads((out / "results" / "model-no_lf-s0.json").read_text())
+    assert parts["lf"]["effects"]["t2i_map@r"]["mean"] == pytest.approx(
+        full["modes"]["meet"]["t2i_map@r"] - no_lf["modes"]["meet"]["t2i_map@r"])
+    assert "## Paired effects of each part" in markdown and "### model `gated`" in markdown
+    signal = json.loads((out / "results" / "signal-full-s0.json").read_text())
+    assert set(signal) == {"t2i", "i2t"} and signal["t2i"]["n_queries"] == 300
+    assert table["signals"]["full"][0] == signal and "## Why: how well each re-rank term" in markdown
     for name in ("components", "n_bits", "rates", "cost"):
         assert pio.read_json(out / "figures" / f"{name}.json").data
         assert (out / "figures" / f"{name}.html").stat().st_size > 1000
@@ -96,6 +115,24 @@ def test_quick_ablation_table_figures_and_resume(tiny_shapes: Path, tmp_path: Pa
     capsys.readouterr()
     assert main([*args, "--epochs", "2"]) == 2
     assert "other settings" in capsys.readouterr().err
+
+
+def test_ablation_flags_choose_seeds_bits_and_budget() -> None:
+    import argparse
+
+    from meet.experiments.ablation import add_arguments, settings_from_args
+    from meet.experiments.settings import rerank_points
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    settings = settings_from_args(parser.parse_args(["--data", "d", "--out", "o", "--bits", "64",
+                                                     "--noise-seeds", "", "--seeds", "0,1,2"]))
+    assert settings.bits == (64,) and settings.noise_seeds == () and settings.seeds == (0, 1, 2)
+    points = rerank_points(settings)
+    assert len(points) == 26 and points["a0-b0"] == {"alpha": 0.0, "beta": 0.0, "fusion": True}
+    assert points["release"] == {"fusion": False}
+    demo = settings_from_args(parser.parse_args(["--data", "d", "--out", "o", "--budget", "demo"]))
+    assert (demo.n_train, demo.image_size, demo.epochs, demo.bits) == (20000, 64, 15, (64,))
 
 
 def test_ablation_data_is_generated_only_into_an_empty_folder(tmp_path: Path) -> None:

@@ -241,6 +241,25 @@ def test_sign_codebooks_make_packed_bytes_pq_codes():
     assert np.allclose(adc.numpy(), ref_asymmetric(query_hash, codes), atol=1e-5)
 
 
+def test_small_steps_run_on_one_thread_of_torch_and_faiss_then_restore_both():
+    import faiss
+
+    from meet.search.topk import SMALL_WORK, threads_for
+
+    before = torch.get_num_threads(), faiss.omp_get_max_threads()
+    torch.set_num_threads(2)
+    faiss.omp_set_num_threads(2)
+    try:
+        with threads_for(SMALL_WORK - 1):
+            assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == (1, 1)
+        assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == (2, 2)
+        with threads_for(SMALL_WORK):
+            assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == (2, 2)
+    finally:
+        torch.set_num_threads(before[0])
+        faiss.omp_set_num_threads(before[1])
+
+
 def test_stable_top_matches_lexsort_with_heavy_ties():
     rng = np.random.default_rng(5)
     scores = torch.from_numpy(rng.integers(0, 4, (6, 200)).astype(np.float32))  # ties everywhere

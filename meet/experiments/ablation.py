@@ -5,10 +5,15 @@ part removed at a time, then other n_bits), evaluates each on the test split in 
 retrieval mode, sweeps the cascade rates R and q on the full model without retraining,
 and writes the table and figures (:mod:`meet.experiments.report`).
 
+It also re-ranks the test split of ``rerank_models`` (the full model and the gated one)
+at each point of a grid of Stage II weights (consistency ``alpha`` x complementarity
+``beta``, plus the release's re-sort), without retraining, so the re-rank's effect is
+measured per seed against the plain dense re-rank of the same candidates.
+
 Resumable at three grains, so a killed run never starts over: a model's training
 continues from its last complete epoch (``meet.train``'s checkpoints), a model's test
 evaluation is cached in ``OUT/results/model-*.json``, and each sweep point in
-``OUT/results/sweep-*.json``. Whatever is cached is skipped.
+``OUT/results/sweep-*.json`` / ``rerank-*.json``. Whatever is cached is skipped.
 
 Output folder::
 
@@ -35,7 +40,7 @@ from meet.config import MEETConfig
 from meet import cli
 from meet.errors import ConfigError, DataError
 from meet.experiments.settings import (DEMO, QUICK, AblationSettings, check_settings, model_variants,
-                                       small_config, sweep_point)
+                                       rerank_points, small_config, sweep_point)
 
 Step = Callable[[str], None]
 
@@ -125,29 +130,58 @@ def evaluate_model(run: Path, test_ds: Any, device: str) -> dict[str, dict[str, 
 SWEEP_MODES = ("cascade", "meet")
 
 
-def evaluate_sweep(run: Path, test_ds: Any, points: list[tuple[str, float, Path]], device: str,
-                   step: Step) -> None:
-    """Evaluate the cascade modes of one model at each (kind, rate) point, writing each
-    point's metrics to its cache path as soon as it is measured. The split is encoded and
-    indexed once; only the cascade rates change between points."""
+@dataclasses.dataclass
+class SweepPoint:
+    """One search-time setting of a trained model: ``changes`` to its config, the modes to
+    evaluate, whether to count what the filters drop, and the cache ``path`` of its
+    result (``record`` adds fields to it, e.g. the kind and rate)."""
+
+    label: str
+    changes: dict[str, Any]
+    path: Path
+    modes: tuple[str, ...] = SWEEP_MODES
+    drops: bool = True
+    record: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def evaluate_sweep(run: Path, test_ds: Any, points: list[SweepPoint], device: str, step: Step) -> None:
+    """Evaluate one model at each point, writing each point's metrics to its cache path as
+    soon as it is measured. The split is encoded and indexed once; the points change only
+    search-time settings (rates, re-rank weights)."""
     import meet
     from meet.evaluate import SplitIndexes, evaluate_mode, filter_drops, shapes_relevance
 
     model = meet.load(run, device=device)
     images, texts = model.encode_dataset(test_ds)
     relevance = shapes_relevance(test_ds)
-    indexes = SplitIndexes(model, images, texts)  # built once; each point changes only search-time rates
-    for kind, rate, path in points:
-        step(f"sweep {kind} rate {rate:g}")
-        point = copy.copy(model)
-        point.cfg = model.cfg.override(**sweep_point(kind, rate))
-        modes = {mode: evaluate_mode(mode, point, test_ds, images, texts, "full", relevance, indexes)
-                 for mode in SWEEP_MODES}
-        drops = filter_drops(point, indexes.pair(), images, texts, relevance)
-        for values in modes.values():
-            values.update(drops)
-        write_json_atomic(path, {"kind": kind, "rate": rate, "modes": modes,
-                                 "cascade": dataclasses.asdict(point.cfg.cascade)})
+    indexes = SplitIndexes(model, images, texts)  # built once; each point changes only search-time settings
+    for point in points:
+        step(point.label)
+        changed = copy.copy(model)
+        changed.cfg = model.cfg.override(**point.changes)
+        modes = {mode: evaluate_mode(mode, changed, test_ds, images, texts, "full", relevance, indexes)
+                 for mode in point.modes}
+        if point.drops:
+            drops = filter_drops(changed, indexes.pair(), images, texts, relevance)
+            for values in modes.values():
+                values.update(drops)
+        write_json_atomic(point.path, {**point.record, "modes": modes,
+                                       "cascade": dataclasses.asdict(changed.cfg.cascade)})
+
+
+def measure_rerank_signal(run: Path, test_ds: Any, path: Path, device: str) -> None:
+    """How well each re-rank term of the run's model separates the truly relevant
+    candidates, both directions (:func:`meet.analysis.rerank_signal`), cached at ``path``."""
+    import meet
+    from meet.analysis import rerank_signal
+    from meet.evaluate import SplitIndexes, shapes_relevance
+
+    model = meet.load(run, device=device)
+    images, texts = model.encode_dataset(test_ds)
+    relevance = shapes_relevance(test_ds).numpy()
+    image_index, text_index = SplitIndexes(model, images, texts).pair()
+    write_json_atomic(path, {"t2i": rerank_signal(image_index, texts, relevance).to_dict(),
+                             "i2t": rerank_signal(text_index, images, relevance.T).to_dict()})
 
 
 # ----------------------------------------------------------------------------- the run
@@ -186,8 +220,11 @@ def run_ablation(data: Path, out: Path, settings: AblationSettings, runs: Path |
     variants = {name: cfg.override(device=device) for name, cfg in model_variants(settings).items()}
     test_ds = load_test_split(data, next(iter(variants.values())), settings.n_test)
     sweep = [("hamming", r) for r in settings.hamming_rates] + [("pq", r) for r in settings.pq_rates]
+    reranks = rerank_points(settings)
     noise_seeds = [s for s in settings.noise_seeds if s not in settings.seeds]
-    total = len(settings.seeds) * (2 * len(variants) + len(sweep)) + 2 * len(noise_seeds)
+    total = (len(settings.seeds) * (2 * len(variants) + len(sweep)
+                                    + (len(reranks) + 1) * len(settings.rerank_models) * bool(reranks))
+             + 2 * len(noise_seeds))
     bar = tqdm(total=total, desc="ablation", unit="step", disable=not progress)
 
     def step(what: str) -> None:
@@ -209,21 +246,42 @@ def run_ablation(data: Path, out: Path, settings: AblationSettings, runs: Path |
             write_json_atomic(path, record)
         return json.loads(path.read_text())
 
+    def pending(run: Path, points: list[SweepPoint]) -> None:
+        """Evaluate the points not cached yet (the model is loaded only if one is missing)."""
+        bar.update(sum(p.path.is_file() for p in points))
+        todo = [p for p in points if not p.path.is_file()]
+        if todo:
+            evaluate_sweep(run, test_ds, todo, device, step)
+
     models: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
     for seed in settings.seeds:
         for name in variants:
             models[name].append(model_result(name, seed))
-        todo = [(kind, rate, out / "results" / f"sweep-{kind}-{rate:g}-s{seed}.json") for kind, rate in sweep]
-        bar.update(sum(p.is_file() for *_, p in todo))
-        todo = [t for t in todo if not t[2].is_file()]
-        if todo:
-            evaluate_sweep(runs / f"full-s{seed}", test_ds, todo, device, step)
+        rates = [SweepPoint(f"sweep {kind} rate {rate:g}", sweep_point(kind, rate),
+                            out / "results" / f"sweep-{kind}-{rate:g}-s{seed}.json", record={"kind": kind, "rate": rate})
+                 for kind, rate in sweep]
+        pending(runs / f"full-s{seed}", rates)
+        for name in settings.rerank_models:
+            pending(runs / f"{name}-s{seed}", [
+                SweepPoint(f"re-rank {point} ({name})", changes, out / "results" / f"rerank-{name}-{point}-s{seed}.json",
+                           modes=("meet",), drops=False, record={"model": name, "point": point, "seed": seed})
+                for point, changes in reranks.items()])
+            signal = out / "results" / f"signal-{name}-s{seed}.json"
+            if reranks and not signal.is_file():
+                step(f"re-rank signal ({name})")
+                measure_rerank_signal(runs / f"{name}-s{seed}", test_ds, signal, device)
+            elif reranks:
+                bar.update(1)
     spread = models["full"] + [model_result("full", seed) for seed in noise_seeds]
     bar.close()
     sweeps = {(kind, rate): [json.loads((out / "results" / f"sweep-{kind}-{rate:g}-s{s}.json").read_text())
                              for s in settings.seeds] for kind, rate in sweep}
+    rerank = {(name, point): [json.loads((out / "results" / f"rerank-{name}-{point}-s{s}.json").read_text())
+                              for s in settings.seeds] for name in settings.rerank_models for point in reranks}
+    signals = {name: [json.loads((out / "results" / f"signal-{name}-s{s}.json").read_text()) for s in settings.seeds]
+               for name in settings.rerank_models} if reranks else {}
     table = report.build_table(settings, small_config(settings), models, sweeps, spread,
-                               test_ds.n_images, test_ds.n_captions)
+                               test_ds.n_images, test_ds.n_captions, rerank, signals)
     report.write_outputs(out, table)
     return table
 
@@ -248,6 +306,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{','.join(map(str, defaults.noise_seeds))}; empty for none)")
     parser.add_argument("--n-train", type=int, default=None, help=f"training images (default {defaults.n_train})")
     parser.add_argument("--epochs", type=int, default=None, help=f"epochs per model (default {defaults.epochs})")
+    parser.add_argument("--bits", default=None,
+                        help=f"comma-separated n_bits values, each a trained model (default "
+                             f"{','.join(map(str, defaults.bits))}; the full model's alone skips the sweep)")
     parser.add_argument("--budget", choices=("small", "demo"), default="small",
                         help="small: the shrunk recipe (default); demo: the bundled model's recipe and budget "
                              "(about 28 minutes per model on 2 cores), no sweeps")
@@ -257,7 +318,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> AblationSettings:
     changes: dict[str, Any] = dict(QUICK) if args.quick else dict(DEMO) if args.budget == "demo" else {}
-    for flag in ("seeds", "noise_seeds"):
+    for flag in ("seeds", "noise_seeds", "bits"):
         text = getattr(args, flag)
         if text is not None:
             try:

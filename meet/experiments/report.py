@@ -29,7 +29,9 @@ import numpy as np
 
 from meet.cli import atomic_write_text
 from meet.config import MEETConfig
-from meet.experiments.settings import COMPONENTS, AblationSettings, bits_model, sweep_point
+from meet.experiments.paired import (component_effects, format_component_effects, format_rerank_effects,
+                                     format_signals, rerank_effects)
+from meet.experiments.settings import COMPONENTS, RERANK_BASELINE, AblationSettings, bits_model, sweep_point
 from meet.search import stage_sizes
 
 METRICS = {"rsum": "rsum", "t2i_map@r": "t2i_map@r", "i2t_map@r": "i2t_map@r", "t2i_p@10": "t2i_p@10",
@@ -97,9 +99,15 @@ def make_row(group: str, name: str, label: str, mode: str, results: list[dict[st
 
 def build_table(settings: AblationSettings, base: MEETConfig, models: dict[str, list[dict[str, Any]]],
                 sweeps: dict[tuple[str, float], list[dict[str, Any]]], spread: list[dict[str, Any]],
-                n_images: int, n_captions: int) -> dict[str, Any]:
+                n_images: int, n_captions: int,
+                rerank: dict[tuple[str, str], list[dict[str, Any]]] | None = None,
+                signals: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, Any]:
     """All rows: components, n_bits, R sweep, q sweep, and the seed spread of the full
-    model (``spread``: its results over the main and the noise seeds); plus the settings."""
+    model (``spread``: its results over the main and the noise seeds); plus the settings,
+    the paired per-seed effects of each part (:mod:`meet.experiments.paired`) and those of
+    the Stage II weight grid (``rerank``: (model, point) -> per-seed results) and how well
+    each re-rank term separates relevant candidates (``signals``: model -> per-seed
+    :class:`~meet.analysis.RerankSignal` dicts by direction)."""
     rows = []
     size = dict(n_images=n_images, n_captions=n_captions)
     for name, (label, _) in COMPONENTS.items():
@@ -133,6 +141,8 @@ def build_table(settings: AblationSettings, base: MEETConfig, models: dict[str, 
     return {"settings": settings.to_dict(), "runs_per_number": len(settings.seeds),
             "seeds": list(settings.seeds), "test_images": n_images, "test_captions": n_captions,
             "base_config": base.to_dict(), "rows": rows,
+            "effects": component_effects(models), "rerank": rerank_effects(rerank or {}, RERANK_BASELINE),
+            "signals": signals or {},
             "train_seconds": {name: [r.get("train_seconds") for r in results] for name, results in models.items()}}
 
 
@@ -157,11 +167,14 @@ def format_markdown(table: dict[str, Any]) -> str:
     """The table as Markdown: one section per group, the definitions above."""
     s = table["settings"]
     runs = table["runs_per_number"]
+    recipe = (f"The bundled model's recipe and budget (shapes-demo: {s['n_train']} training images at "
+              f"{s['image_size']} px, {s['epochs']} epochs)" if s.get("budget") == "demo" else
+              f"Small models (shapes-demo recipe shrunk: {s['n_train']} training images at {s['image_size']} px, "
+              f"{s['epochs']} epoch(s){', quick smoke run' if s['quick'] else ''})")
     lines = [
         "# MEET ablation on Shapes",
         "",
-        f"Small models (shapes-demo recipe shrunk: {s['n_train']} training images at {s['image_size']} px, "
-        f"{s['epochs']} epoch(s){', quick smoke run' if s['quick'] else ''}); test split of "
+        f"{recipe}; test split of "
         f"{table['test_images']} images / {table['test_captions']} captions. Every number is the mean of "
         f"**{runs} run{'s' if runs != 1 else ''}** (training seed{'s' if runs != 1 else ''} "
         f"{', '.join(map(str, table['seeds']))}); rSum ± std when several. Rows in mode `meet` use the "
@@ -193,6 +206,9 @@ def format_markdown(table: dict[str, Any]) -> str:
                      f"{map_i2t} | {_fmt(row['dense_rsum'])} | {_fmt(row['cascade_rsum'])} | "
                      f"{kept} | {_pair(row, 'ms_per_query', 3)} | {row['bytes_per_item']} | "
                      f"{_pair(row, 'bytes_read_per_item', 1)} |")
+    lines += format_component_effects(table.get("effects", []))
+    lines += format_rerank_effects(table.get("rerank", []))
+    lines += format_signals(table.get("signals", {}))
     return "\n".join(lines) + "\n"
 
 

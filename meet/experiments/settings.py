@@ -53,6 +53,15 @@ class AblationSettings:
     """R sweep on the full model (both directions; q stays at its defaults)."""
     pq_rates: tuple[float, ...] = (0.1, 0.25, 0.5, 0.6, 1.0)
     """q sweep on the full model (both directions; R stays at its defaults)."""
+    rerank_alphas: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.5)
+    """Stage II sweep: consistency weights ``alpha`` (each with every ``beta``), evaluated
+    on the trained models of ``rerank_models`` without retraining; (0, 0) is the plain
+    dense re-rank every other point is compared with, seed by seed."""
+    rerank_betas: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.5)
+    """Stage II sweep: complementarity weights ``beta``."""
+    rerank_models: tuple[str, ...] = ("full", "gated")
+    """Trained models (names of ``COMPONENTS``) the Stage II sweep re-ranks with; each also
+    gets the release's re-rank (``fusion=False``: the top z re-sorted by complementarity)."""
     quick: bool = False
     """Tiny models, one epoch: a smoke run for the tests, not a measurement."""
     model_overrides: dict[str, Any] = field(default_factory=dict)
@@ -67,6 +76,8 @@ class AblationSettings:
         data["seeds"], data["bits"] = list(self.seeds), list(self.bits)
         data["noise_seeds"] = list(self.noise_seeds)
         data["hamming_rates"], data["pq_rates"] = list(self.hamming_rates), list(self.pq_rates)
+        for name in ("rerank_alphas", "rerank_betas", "rerank_models"):
+            data[name] = list(getattr(self, name))
         return data
 
 
@@ -76,7 +87,8 @@ DEMO = dict(n_train=20000, n_val=1000, n_test=1000, image_size=64, epochs=15, bu
 sweeps (each would be another 28-minute model per seed)."""
 
 QUICK = dict(n_train=128, n_val=30, n_test=60, epochs=1, bits=(16, 32), seeds=(0,), noise_seeds=(1,),
-             hamming_rates=(0.3, 1.0), pq_rates=(0.5, 1.0), quick=True)
+             hamming_rates=(0.3, 1.0), pq_rates=(0.5, 1.0), rerank_alphas=(0.0, 0.1), rerank_betas=(0.0, 0.1),
+             quick=True)
 """``--quick``: the sizes of the test fixture (``tests/conftest.py``), one epoch."""
 
 _QUICK_MODEL = dict(embed_dim=32, word_dim=16, cnn_width=8, n_bits=16, n_codebooks=4,
@@ -139,6 +151,21 @@ def sweep_point(kind: str, rate: float) -> dict[str, float]:
     return {f"{name}_i2t": rate, f"{name}_t2i": rate}
 
 
+def rerank_points(settings: AblationSettings) -> dict[str, dict[str, Any]]:
+    """The Stage II sweep: point name -> cascade changes. ``a<alpha>-b<beta>`` fuses
+    ``s + alpha c + beta comp`` (``a0-b0``: the plain dense re-rank, the baseline);
+    ``release`` is the release's re-sort of the top z by complementarity (no fusion)."""
+    points = {f"a{alpha:g}-b{beta:g}": {"alpha": float(alpha), "beta": float(beta), "fusion": True}
+              for alpha in settings.rerank_alphas for beta in settings.rerank_betas}
+    if points:
+        points["release"] = {"fusion": False}
+    return points
+
+
+RERANK_BASELINE = "a0-b0"
+"""The Stage II sweep point every other is compared with: no consistency, no complementarity."""
+
+
 def check_settings(settings: AblationSettings) -> AblationSettings:
     """Reject settings no run can use, before anything is trained."""
     base = small_config(settings)
@@ -158,6 +185,14 @@ def check_settings(settings: AblationSettings) -> AblationSettings:
         problems.append("the demo budget trains the shapes-demo recipe as it is (15 epochs, 64 px)")
     if base.model.n_bits not in settings.bits:
         problems.append(f"the bits sweep must contain the full model's n_bits={base.model.n_bits}")
+    unknown = sorted(set(settings.rerank_models) - set(COMPONENTS))
+    if unknown:
+        problems.append(f"rerank_models {unknown} are not trained models ({', '.join(COMPONENTS)})")
+    if any(w < 0 for w in (*settings.rerank_alphas, *settings.rerank_betas)):
+        problems.append("rerank weights must be 0 or more")
+    if (settings.rerank_alphas or settings.rerank_betas) and not (0.0 in settings.rerank_alphas
+                                                                 and 0.0 in settings.rerank_betas):
+        problems.append("the Stage II sweep needs alpha 0 and beta 0 (its baseline)")
     for rate in (*settings.hamming_rates, *settings.pq_rates):
         if not 0 < rate <= 1:
             problems.append(f"rate {rate} must be a fraction in (0, 1]")

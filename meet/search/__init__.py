@@ -9,7 +9,8 @@ hash-space PQ of METHOD.md, the OPQ dense space or the residual space, chosen on
 item's top-k scores against the other side (:mod:`.storage` writes and checks it on disk).
 ``index.search(queries, k, mode)`` (:mod:`.cascade`, the engine) takes a block of encoded
 queries of the other modality and keeps the ``R`` best items by Hamming score
-(:mod:`.hamming`: symmetric distance, or the query's float hash against the signs), scores
+(:mod:`.hamming`: symmetric distance, or the query's float hash against the signs; over
+every code, or only over the inverted lists nearest the query, :mod:`.inverted`), scores
 only those by ADC with the quantizer's M x K lookup tables and keeps the ``q`` best
 (:mod:`.pq_filter`), then re-ranks those by the dense cosine, in ``meet`` mode reweighted
 by consistency and complementarity (:mod:`.rerank`). Every stage ranks ties by gallery

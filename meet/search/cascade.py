@@ -37,7 +37,7 @@ from meet.errors import ConfigError, DataError
 from meet.search.hamming import hamming_scores, hamming_stage
 from meet.search.pq_filter import pq_block_scorer, pq_filter
 from meet.search.rerank import batch_reciprocal_resort, dense_block_scorer, dense_scores, rerank
-from meet.search.topk import CACHE_CHUNK, WORK_BUDGET, single_threaded, stream_topk, survivor_count
+from meet.search.topk import CACHE_CHUNK, WORK_BUDGET, single_threaded, stream_topk, survivor_count, threads_for
 from meet.search.traces import QueryTrace, StageTrace
 
 if TYPE_CHECKING:  # the engine reads an index; the index calls the engine
@@ -322,13 +322,17 @@ def _hamming_blocks(q: _Queries, index: GalleryIndex, cascade: CascadeConfig, n_
     lookup tables for the block (one matrix product on all torch threads: for residual
     codebooks that is M x K x dim floats read once per block, not once per sub-block)."""
     step = max(1, min(batch_size, WORK_BUDGET // max(1, n_hamming)))
+    lists = index.inverted_lists(cascade.hamming_nlist) if cascade.hamming_index == "ivf" else None
     for start in range(0, q.dense.shape[0], step):
         block = q.rows(start, start + step)
         t0 = time.perf_counter()
-        positions, scores = hamming_stage(cascade.hamming_scores, block.hash, block.codes, index, n_hamming)
+        with threads_for(block.dense.shape[0] * index.n_items * index.codes.shape[1]):
+            positions, scores = hamming_stage(cascade.hamming_scores, block.hash, block.codes, index, n_hamming,
+                                              lists=lists, nprobe=cascade.hamming_nprobe)
         t1 = time.perf_counter()
         timings["hamming"] += t1 - t0
-        tables = index.quantizer.lookup_tables(index.quantizer.source(block))
+        with threads_for(block.dense.shape[0] * index.quantizer.table_work):
+            tables = index.quantizer.lookup_tables(index.quantizer.source(block))
         timings["pq"] += time.perf_counter() - t1
         yield _HammingBlock(start, positions, scores, tables)
 
@@ -385,14 +389,20 @@ def _exhaustive(q: _Queries, index: GalleryIndex, mode: str, k: int, cascade: Ca
     """One stage over the whole gallery, exactly: positions and scores (nq, k)."""
     n_items, n_queries = index.n_items, q.dense.shape[0]
     if mode == "hash":
-        return hamming_stage(cascade.hamming_scores, q.hash, q.codes, index, min(k, n_items), exact=True)
+        with threads_for(n_queries * n_items * index.codes.shape[1]):
+            return hamming_stage(cascade.hamming_scores, q.hash, q.codes, index, min(k, n_items), exact=True)
     if mode == "dense":
         block = max(1, WORK_BUDGET // max(n_queries, index.dense.shape[1]))
         scorer = dense_block_scorer(torch.from_numpy(q.dense), index.dense)
+        work = n_queries * n_items * index.dense.shape[1]
     else:
         block = max(1, WORK_BUDGET // max(n_queries, index.pq_codes.shape[1]))
-        scorer = pq_block_scorer(index.quantizer.lookup_tables(index.quantizer.source(q)), index.pq_codes)
-    return stream_topk(scorer, n_items, n_queries, k, block=block)
+        with threads_for(n_queries * index.quantizer.table_work):
+            tables = index.quantizer.lookup_tables(index.quantizer.source(q))
+        scorer = pq_block_scorer(tables, index.pq_codes)
+        work = n_queries * n_items * index.pq_codes.shape[1]
+    with threads_for(work):
+        return stream_topk(scorer, n_items, n_queries, k, block=block)
 
 
 def _exhaustive_trace(row: int, direction: str, mode: str, n_items: int, pos: np.ndarray,

@@ -25,7 +25,7 @@ import torch
 
 from meet.config import HammingScores
 from meet.errors import ConfigError
-from meet.quantization import product_tables
+from meet.quantization import product_tables, unpack_codes
 from meet.search.pq_filter import adc_gather, gather_codes, pq_block_scorer
 from meet.search.topk import WORK_BUDGET, stable_top, stream_topk
 
@@ -228,7 +228,8 @@ def sign_tables(query_hash: np.ndarray, n_bits: int) -> torch.Tensor:
 
 
 def hamming_stage(scoring: HammingScores, query_hash: np.ndarray, query_codes: np.ndarray, index: Any,
-                  n_keep: int, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                  n_keep: int, exact: bool = False, lists: Any = None, nprobe: int = 1
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """The Hamming filter of ``index`` (a :class:`~meet.search.index.GalleryIndex`): the
     ``n_keep`` best items per query by ``scoring``, best first, ties by position.
 
@@ -236,8 +237,18 @@ def hamming_stage(scoring: HammingScores, query_hash: np.ndarray, query_codes: n
     n_bits / 8) their packed signs. Returns ``positions`` (n_queries, n_keep) int64 and
     ``scores`` (n_queries, n_keep) float32 (``n_bits - 2 * distance`` or ``<h, b>``).
     ``exact``: score every item exactly (the asymmetric filter then skips its fast-scan
-    proposal; the symmetric one is always exact).
+    proposal; the symmetric one is always exact). ``lists``: the gallery's
+    :class:`~meet.search.inverted.InvertedLists`: only the items of each query's visited
+    lists (at least ``nprobe``) are scored (the sublinear filter).
     """
+    if lists is not None and not exact:
+        from meet.search.inverted import inverted_filter
+
+        signs = query_hash if scoring == "asymmetric" else unpack_codes(np.asarray(query_codes, np.uint8),
+                                                                        index.n_bits)
+        if scoring not in ("symmetric", "asymmetric"):
+            raise ConfigError(f"hamming_scores={scoring!r} is neither 'symmetric' nor 'asymmetric'")
+        return inverted_filter(sign_tables(signs, index.n_bits), lists, index.codes, n_keep, nprobe)
     if scoring == "asymmetric":
         return asymmetric_filter(query_hash, index.codes, n_keep, None if exact else index.sign_scan_index)
     if scoring != "symmetric":

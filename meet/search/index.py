@@ -50,6 +50,12 @@ DIRECTIONS = {"image": "t2i", "text": "i2t"}
 PROGRESS_BAR_ITEMS = 20000
 """Galleries with at least this many images + captions get a tqdm bar by default."""
 BUILD_FIELDS = ("pq_space", "pq_fit_items", "pq_beam_size", "reciprocal_k")
+INVERTED_FIELDS = ("hamming_index", "hamming_nlist")
+"""Cascade fields :func:`build_pair` reads to build the inverted lists up front (a search
+may still choose ``hamming_index`` and ``hamming_nprobe`` freely: lists are built on use)."""
+INVERTED_PREFIX = "ivf_centroids_"
+"""Saved arrays ``ivf_centroids_<nlist>``: the binary centroids of the inverted lists built
+for the sublinear Hamming filter (the lists themselves are re-assigned on load)."""
 """The ``CascadeConfig`` fields fixed when an index is built (the others act at search time)."""
 
 Progress = Callable[[int, int, str], None]
@@ -87,6 +93,7 @@ class GalleryIndex:
         self.meta = dict(meta or {})
         self._binary_index = None
         self._sign_scan_index = None
+        self._inverted: dict[int, Any] = {}
 
     @property
     def cascade(self) -> CascadeConfig:
@@ -149,6 +156,20 @@ class GalleryIndex:
         if self._sign_scan_index is None:
             self._sign_scan_index = build_sign_scan_index(self.codes)
         return self._sign_scan_index
+
+    def inverted_lists(self, nlist: int = 0) -> Any:
+        """The codes' :class:`~meet.search.inverted.InvertedLists` with ``nlist`` lists, for
+        the sublinear Hamming filter; built on first use (binary k-means on the codes, seconds
+        at 100k items), kept per ``nlist``, saved with the index and updated by :meth:`add`.
+        ``nlist`` 0: the lists this index already has (the first built), else
+        :func:`~meet.search.inverted.auto_nlist` of its size."""
+        from meet.search.inverted import InvertedLists, auto_nlist
+
+        nlist = int(nlist) or next(iter(self._inverted), 0) or auto_nlist(self.n_items)
+        if nlist not in self._inverted:
+            seed = int(self.meta.get("build", {}).get("seed", 0))
+            self._inverted[nlist] = InvertedLists.build(self.codes, nlist, seed=seed)
+        return self._inverted[nlist]
 
     def __len__(self) -> int:
         return self.n_items
@@ -217,6 +238,7 @@ class GalleryIndex:
         if self._binary_index is not None:
             self._binary_index.add(np.ascontiguousarray(new.codes))
         self._sign_scan_index = None  # rebuilt on next use (fast, and rarely needed after add)
+        self._inverted = {nlist: lists.assign(lists.centroids, self.codes) for nlist, lists in self._inverted.items()}
         self.meta["n_added"] = int(self.meta.get("n_added", 0)) + new.n_items
 
     def _new_reciprocal(self, new: "GalleryIndex", reciprocal: np.ndarray | None, other: Any) -> np.ndarray:
@@ -239,7 +261,8 @@ class GalleryIndex:
     # ------------------------------------------------------------------ files
     def save(self, folder: str | Path) -> Path:
         """Write the index to ``folder`` atomically (see :mod:`meet.search.storage`)."""
-        arrays = {"dense": self.dense, "codes": self.codes, "pq_codes": self.pq_codes, **self.quantizer.arrays()}
+        arrays = {"dense": self.dense, "codes": self.codes, "pq_codes": self.pq_codes, **self.quantizer.arrays(),
+                  **{f"{INVERTED_PREFIX}{nlist}": lists.centroids for nlist, lists in self._inverted.items()}}
         for name in ("hash", "reciprocal"):
             if getattr(self, name) is not None:
                 arrays[name] = getattr(self, name)
@@ -283,10 +306,23 @@ class GalleryIndex:
         except TypeError as exc:
             raise DataError(f"index {folder}: its cascade settings are not this version's ({exc})",
                             fix="rebuild the index") from exc
-        return cls(header.get("side", ""), header.get("ids", []), arrays["dense"], arrays["codes"],
-                   arrays["pq_codes"], quantizer, hash=arrays.get("hash"), reciprocal=arrays.get("reciprocal"),
-                   fingerprint=header.get("fingerprint", ""), cascade=cascade, meta=header.get("meta", {}),
-                   check_values=False)
+        index = cls(header.get("side", ""), header.get("ids", []), arrays["dense"], arrays["codes"],
+                    arrays["pq_codes"], quantizer, hash=arrays.get("hash"), reciprocal=arrays.get("reciprocal"),
+                    fingerprint=header.get("fingerprint", ""), cascade=cascade, meta=header.get("meta", {}),
+                    check_values=False)
+        index._restore_inverted({name: array for name, array in arrays.items() if name.startswith(INVERTED_PREFIX)})
+        return index
+
+    def _restore_inverted(self, saved: dict[str, np.ndarray]) -> None:
+        """Inverted lists from saved centroids: the k-means is the slow part (seconds at
+        100k items); re-assigning the codes to fixed centroids is one faiss pass."""
+        from meet.search.inverted import InvertedLists
+
+        for name, centroids in saved.items():
+            if centroids.ndim != 2 or centroids.dtype != np.uint8 or centroids.shape[1] != self.codes.shape[1]:
+                raise DataError(f"index array {name!r}: {centroids.dtype}{list(centroids.shape)} are not binary "
+                                f"centroids of {self.n_bits}-bit codes", fix="rebuild the index")
+            self._inverted[centroids.shape[0]] = InvertedLists.assign(np.asarray(centroids), self.codes)
 
 
 def _checked_arrays(n: int, dense: Any, codes: Any, pq_codes: Any, hash: Any, reciprocal: Any,
@@ -364,7 +400,8 @@ def build_settings(model: "MEETModel", cascade: CascadeConfig | None = None) -> 
     builds: the build-time cascade fields and the seed and k-means iterations the dense
     quantizers are fitted with. Caches key on it."""
     cascade = cascade or model.cfg.cascade
-    return {**{name: getattr(cascade, name) for name in BUILD_FIELDS},
+    inverted = {"hamming_nlist": cascade.hamming_nlist} if cascade.hamming_index == "ivf" else {}
+    return {**{name: getattr(cascade, name) for name in BUILD_FIELDS}, **inverted,
             "seed": model.cfg.train.seed, "kmeans_iters": model.cfg.train.kmeans_iters}
 
 
@@ -401,6 +438,10 @@ def build_pair(model: "MEETModel", images: "Encoded", texts: "Encoded", image_id
         sides.append(GalleryIndex(side, ids, items.dense, items.codes, quantizer.encode(quantizer.source(items)),
                                   quantizer, hash=items.hash if keep_hash else None, reciprocal=rec,
                                   fingerprint=fingerprint, cascade=cascade, meta=meta))
+        if cascade.hamming_index == "ivf" and len(items):
+            if progress:
+                progress(0, 1, f"{side} side: inverted lists for the Hamming filter")
+            sides[-1].inverted_lists(cascade.hamming_nlist)
     return sides[0], sides[1]
 
 

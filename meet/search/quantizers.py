@@ -83,6 +83,13 @@ class Quantizer(ABC):
     def code_dtype(self) -> np.dtype:
         return code_dtype(self.codebook_size)
 
+    @property
+    def table_work(self) -> int:
+        """Multiply-adds of one query's :meth:`lookup_tables` (one per codebook float,
+        plus a rotation's), to decide how many threads a block's tables get."""
+        rotation = getattr(self, "rotation", None)
+        return int(self.codebooks.size + (rotation.size if rotation is not None else 0))
+
     def source(self, items: Any) -> np.ndarray:
         """The vectors this quantizer reads from ``items`` (anything with ``dense`` and
         ``hash`` arrays: an :class:`~meet.inference.Encoded`, a query block, an index that

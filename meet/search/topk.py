@@ -13,8 +13,9 @@ constant: it changes how work is split, never a result).
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
-from typing import Callable, Iterator
+import sys
+from contextlib import contextmanager, nullcontext
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -57,9 +58,23 @@ def survivor_count(rate: float, n_items: int, name: str = "rate", rounding: str 
     return min(int(rate), n_items)
 
 
+SMALL_WORK = 1 << 23
+"""Multiply-adds (or code bytes compared) below which a step runs on one thread, torch's
+and faiss's (:func:`threads_for`)."""
+
+
+def threads_for(work: int) -> Any:
+    """:func:`single_threaded` for a product of fewer than :data:`SMALL_WORK` multiply-adds
+    (one query's lookup tables, one query against a small gallery), else no change: waking
+    a second OpenMP thread cost 0.5-20 ms on a busy 2-core machine, far more than such a
+    product takes on one (the app sends one query at a time)."""
+    return single_threaded() if work < SMALL_WORK else nullcontext()
+
+
 @contextmanager
 def single_threaded() -> Iterator[None]:
-    """Run torch ops on one intra-op thread, then restore the previous count.
+    """Run torch ops (and faiss's, when faiss is loaded) on one intra-op thread, then
+    restore the previous counts.
 
     The PQ and re-rank stages work on cache-sized blocks (:data:`CACHE_CHUNK`): splitting
     one across threads costs more in synchronisation than it saves, and on a busy machine
@@ -67,15 +82,20 @@ def single_threaded() -> Iterator[None]:
     thread (8 ms vs 0.15 ms per query). The thread count is process-wide: concurrent
     searches may briefly see it at 1, which changes speed, never results.
     """
-    previous = torch.get_num_threads()
-    if previous == 1:
+    faiss = sys.modules.get("faiss")  # its own OpenMP runtime: torch's setting does not reach it
+    previous = torch.get_num_threads(), faiss.omp_get_max_threads() if faiss is not None else 1
+    if previous == (1, 1):
         yield
         return
     torch.set_num_threads(1)
+    if faiss is not None:
+        faiss.omp_set_num_threads(1)
     try:
         yield
     finally:
-        torch.set_num_threads(previous)
+        torch.set_num_threads(previous[0])
+        if faiss is not None:
+            faiss.omp_set_num_threads(previous[1])
 
 
 def stable_top(scores: torch.Tensor, k: int, positions: torch.Tensor | None = None) -> torch.Tensor:
