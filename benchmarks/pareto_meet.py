@@ -35,9 +35,12 @@ MEET_VARIANTS = [
     MeetVariant("symmetric Hamming, residual PQ", "residual", {"hamming_scores": "symmetric"}),
     MeetVariant("asymmetric Hamming, residual PQ", "residual", {"hamming_scores": "asymmetric"}),
     MeetVariant("asymmetric Hamming, residual PQ", "residual", {"hamming_scores": "asymmetric"}, mode="meet"),
-    # The sublinear Hamming stage (issue 14, item 3), once CascadeConfig has its fields, e.g.:
-    # MeetVariant("IVF Hamming, residual PQ", "residual",
-    #             {"hamming_scores": "asymmetric", "hamming_index": "ivf", "hamming_nprobe": 16}),
+    # The sublinear Hamming filter (meet.search.inverted): inverted lists over the codes,
+    # nprobe of the auto_nlist lists scanned.
+    MeetVariant("IVF Hamming (nprobe 16), residual PQ", "residual",
+                {"hamming_scores": "asymmetric", "hamming_index": "ivf", "hamming_nprobe": 16}),
+    MeetVariant("IVF Hamming (nprobe 64), residual PQ", "residual",
+                {"hamming_scores": "asymmetric", "hamming_index": "ivf", "hamming_nprobe": 64}),
 ]
 
 
@@ -97,9 +100,13 @@ def _meet_method(ctx: Context, variant: MeetVariant) -> Method:
         index.sign_scan_index
     else:
         index.binary_index
+    lists_bytes = 0.0
+    if variant.fields.get("hamming_index") == "ivf":
+        lists = index.inverted_lists(variant.fields.get("hamming_nlist", 0))
+        lists_bytes = sum(a.nbytes for a in (lists.centroids, lists.offsets, lists.members)) / ctx.n
     build_s += time.perf_counter() - t0
     shared = sum(a.nbytes for a in index.quantizer.arrays().values()) / ctx.n
-    index_bytes = index.codes.shape[1] + index.pq_codes.shape[1] * index.pq_codes.itemsize + shared
+    index_bytes = index.codes.shape[1] + index.pq_codes.shape[1] * index.pq_codes.itemsize + shared + lists_bytes
     family = f"MEET {variant.mode}: {variant.label}"
     method = Method(family, f"GalleryIndex ({variant.pq_space} PQ {index.quantizer.n_codebooks}x"
                     f"{index.quantizer.codebook_size})", build_s, index_bytes, index_bytes + 2 * ctx.dim,

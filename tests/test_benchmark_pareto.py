@@ -22,7 +22,8 @@ FIELDS = ("method", "setting", "direction", "recall_at_10", "batched_ms", "singl
 SMALL = ["--size", str(SIZE), "--queries", "40", "--batch", "16", "--single-queries", "3", "--repeats", "1",
          "--ef-search", "32", "--nprobe", "4", "--k-factor", "4", "--ivfpq-m", "8", "--train-items", "2000",
          "--oversample", "10", "--binary-nprobe", "4", "--binary-ivf-oversample", "10", "--stop-recall", "2",
-         "--meet-spaces", "hash", "--meet-rates", "50:20,1:1"]
+         "--meet-spaces", "hash", "--meet-rates", "50:20,1:1",
+         "--meet-variant", "IVF Hamming|hash|cascade|hamming_scores=asymmetric,hamming_index=ivf,hamming_nprobe=2"]
 
 
 @pytest.fixture(scope="module")
@@ -169,3 +170,13 @@ def test_frontier_and_fastest():
     best = fastest(pts, 0.95)
     assert best["a"]["setting"] == "2" and best["a"]["best_single_ms"] == 1.0 and best["a"]["reached"]
     assert not best["b"]["reached"]
+
+
+def test_the_sublinear_hamming_filter_is_a_row_and_its_lists_are_counted(run):
+    points = run[0]["points"]
+    for direction in ("t2i", "i2t"):
+        ivf = by(points, "MEET cascade: IVF Hamming", direction, "R=50, q=20")[0]
+        flat = by(points, "MEET cascade: asymmetric Hamming, hash PQ", direction, "R=50, q=20")[0]
+        # the same codes and PQ codes plus the lists: centroids, offsets and one member id per item
+        assert ivf["index_bytes_per_item"] > flat["index_bytes_per_item"] + 4
+        assert 0.0 < ivf["recall_at_10"] <= 1.0
