@@ -1,9 +1,11 @@
-"""Plotly figures of :mod:`meet.analysis` results, one builder per figure.
+"""Plotly figures of :mod:`meet.analysis` results (and of saved benchmark results), one
+builder per figure.
 
 Builders only draw: every plotted number is a field of an analysis result (or a plain
 normalisation of one, stated in the builder's docstring), so a figure in the app and a
 number in a notebook agree. Each returns a ``plotly.graph_objects.Figure`` with a title
-and axis labels; none touches the disk or a display.
+and axis labels; none touches a display, and only :func:`pareto_figure_from_file` reads
+the disk (a ``benchmarks/pareto.py`` results file, for the app's Efficiency tab).
 """
 
 from __future__ import annotations
@@ -304,3 +306,74 @@ def umap_figure(layout: UmapLayout, color_by: str = "modality", hover: Sequence[
         extra["coloraxis"] = dict(colorscale="Turbo", colorbar=dict(title=dict(text="codeword")))
     return _finish(fig, f"UMAP of image and caption embeddings (coloured by {color_by})",
                    "UMAP 1", "UMAP 2", **extra)
+
+
+# ------------------------------------------------------------------ benchmarks
+
+PARETO_FIELDS = ("method", "setting", "direction", "recall_at_10", "batched_ms", "single_ms",
+                 "index_bytes_per_item", "total_bytes_per_item", "build_s")
+"""What each point of a ``benchmarks/pareto.py`` results file holds (at least)."""
+
+
+def pareto_figure(points: Sequence[dict], target: float | None = 0.95,
+                  title: str = "Recall@10 vs batched latency") -> go.Figure:
+    """Recall@10 against batched ms per query (log x), one trace per method family and
+    one panel per direction (t2i, i2t), from the points of a ``benchmarks/pareto.py``
+    results file (each a dict with :data:`PARETO_FIELDS`); points of a trace ordered by
+    time; MEET's variants drawn as diamonds; hover: the setting, single-query ms, bytes per
+    item (total / index) and build seconds; a dashed line at ``target`` recall."""
+    if not points:
+        raise DataError("pareto_figure needs at least one point")
+    missing = [f for f in PARETO_FIELDS if f not in points[0]]
+    if missing:
+        raise DataError(f"pareto points lack the fields {missing}", fix="use a benchmarks/pareto.py --json file")
+    directions = list(dict.fromkeys(p["direction"] for p in points))
+    what = {"t2i": "t2i: caption queries, image gallery", "i2t": "i2t: image queries, caption gallery"}
+    fig = make_subplots(rows=1, cols=len(directions), shared_yaxes=True,
+                        subplot_titles=[what.get(d, d) for d in directions])
+    palette = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+               "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd")
+    methods = list(dict.fromkeys(p["method"] for p in points))
+    shown: set[str] = set()
+    for col, direction in enumerate(directions, start=1):
+        for i, method in enumerate(methods):
+            mine = sorted((p for p in points if p["direction"] == direction and p["method"] == method),
+                          key=lambda p: p["batched_ms"])
+            if not mine:
+                continue
+            fig.add_trace(go.Scatter(
+                x=[p["batched_ms"] for p in mine], y=[p["recall_at_10"] for p in mine], mode="lines+markers",
+                name=method, legendgroup=method, showlegend=method not in shown,
+                line=dict(color=palette[i % len(palette)], dash="solid" if method.startswith("MEET") else "dot"),
+                marker=dict(symbol="diamond" if method.startswith("MEET") else "circle", size=7),
+                customdata=[[p["setting"], p["single_ms"], p["total_bytes_per_item"], p["index_bytes_per_item"],
+                             p["build_s"]] for p in mine],
+                hovertemplate=f"{method}<br>%{{customdata[0]}}<br>recall@10 %{{y:.3f}}<br>batched %{{x:.3f}} ms"
+                              "<br>single %{customdata[1]:.3f} ms<br>%{customdata[2]:,.0f} B/item total "
+                              "(%{customdata[3]:,.1f} index)<br>build %{customdata[4]:.1f} s<extra></extra>"),
+                row=1, col=col)
+            shown.add(method)
+        if target is not None:
+            fig.add_hline(y=target, line_dash="dash", line_color="grey", row=1, col=col)
+        fig.update_xaxes(type="log", title_text="batched ms per query (log)", row=1, col=col)
+    fig.update_yaxes(title_text="recall@10 vs exact dense top-10", row=1, col=1)
+    fig.update_layout(title=dict(text=title), template=TEMPLATE, height=600, legend=dict(font=dict(size=10)))
+    return fig
+
+
+def pareto_figure_from_file(path: Any, target: float | None = None) -> go.Figure:
+    """:func:`pareto_figure` of a saved ``benchmarks/pareto.py --json`` file (for the app's
+    Efficiency tab; the one builder here that reads a file). ``target``: the run's own
+    recall target when None."""
+    import json
+    from pathlib import Path
+
+    try:
+        content = json.loads(Path(path).read_text(encoding="utf-8"))
+        points, run = content["points"], content.get("run", {})
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"cannot read pareto results {path}: {exc}",
+                        fix="pass a file written by benchmarks/pareto.py --json") from exc
+    size = run.get("n_images")
+    title = "Recall@10 vs batched latency" + (f", {size:,}-image Shapes gallery" if size else "")
+    return pareto_figure(points, target=run.get("target", 0.95) if target is None else target, title=title)
