@@ -9,13 +9,17 @@ nothing has to be encoded and only search time is measured.
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import numpy as np
 import plotly.graph_objects as go
 
+from meet.errors import MEETError
+from meet.figures import pareto_figure_from_file
 from meet.inference import Encoded
 from meet.search import MODES
 
@@ -24,6 +28,8 @@ from app.state import AppState
 
 SINGLE_QUERIES = 20
 """Queries timed one at a time (each pays the per-call overhead, as an interactive user does)."""
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+"""Where ``benchmarks/pareto.py`` runs are committed (``pareto-*.json``)."""
 
 
 def query_batch(state: AppState, direction: str, n_queries: int) -> Encoded:
@@ -113,6 +119,25 @@ def run(state: AppState, direction: str, n_queries: Any, progress: gr.Progress =
     return timing_rows(rows), stage_figure(rows, direction), note
 
 
+def committed_pareto(results: Path = RESULTS) -> tuple[go.Figure | None, str]:
+    """The newest committed ``benchmarks/pareto.py`` run: (its figure, what it is). Measured
+    offline on the machine its file names, not on this server: said in the caption."""
+    files = sorted(results.glob("pareto-*.json"))  # named pareto-<size>-<date>
+    if not files:
+        return None, "No `benchmarks/pareto.py` run is committed in this copy (benchmarks/results/pareto-*.json)."
+    path = files[-1]
+    try:
+        run = json.loads(path.read_text(encoding="utf-8")).get("run", {})
+        figure = pareto_figure_from_file(path)
+    except (OSError, ValueError, MEETError) as exc:
+        return None, f"Cannot read `{path.name}`: {exc}"
+    machine = run.get("machine", "")
+    return figure, (f"Measured offline by `benchmarks/pareto.py` (`benchmarks/results/{path.name}`), not on this "
+                    f"server: {run.get('n_images', '?'):,} images, recall@10 against the exact dense top-10, "
+                    f"every method in one process{f' ({machine})' if machine else ''}. Each point is one setting "
+                    "of a method; the Markdown file beside it has the table.")
+
+
 def render(state: AppState) -> None:
     with gr.Tab("Efficiency"):
         gr.Markdown("Per-query latency of each mode on the loaded gallery, measured when you press the "
@@ -133,3 +158,8 @@ def render(state: AppState) -> None:
         figure = gr.Plot()
         handler = guarded(lambda d, n, progress=gr.Progress(): run(state, d, n, progress), outputs=3)
         button.click(handler, [direction, n_queries], [table, figure, note], api_visibility="private")
+        with gr.Accordion("Against the ANN libraries: recall vs latency (committed benchmark)", open=False):
+            pareto, caption = committed_pareto()
+            gr.Markdown(caption)
+            if pareto is not None:
+                gr.Plot(pareto)

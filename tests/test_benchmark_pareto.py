@@ -180,3 +180,19 @@ def test_the_sublinear_hamming_filter_is_a_row_and_its_lists_are_counted(run):
         # the same codes and PQ codes plus the lists: centroids, offsets and one member id per item
         assert ivf["index_bytes_per_item"] > flat["index_bytes_per_item"] + 4
         assert 0.0 < ivf["recall_at_10"] <= 1.0
+
+
+def test_the_apps_efficiency_tab_shows_the_newest_committed_run(run, tmp_path):
+    from app.efficiency_tab import RESULTS, committed_pareto
+
+    figure, caption = committed_pareto(tmp_path)
+    assert figure is None and "No `benchmarks/pareto.py` run" in caption
+    (tmp_path / "pareto-300-2026-01-01.json").write_text((run[2] / "p.json").read_text())
+    (tmp_path / "pareto-broken.json").write_text("{")  # sorts after: the newest file is unreadable
+    figure, caption = committed_pareto(tmp_path)
+    assert figure is None and "Cannot read `pareto-broken.json`" in caption
+    (tmp_path / "pareto-broken.json").unlink()
+    figure, caption = committed_pareto(tmp_path)
+    assert figure is not None and "pareto-300-2026-01-01.json" in caption and "300 images" in caption
+    assert len(figure.data) > 0
+    assert RESULTS.name == "results" and RESULTS.parent.name == "benchmarks"
