@@ -122,7 +122,8 @@ def run(state: AppState, direction: str, n_queries: Any, progress: gr.Progress =
 def committed_pareto(results: Path = RESULTS) -> tuple[go.Figure | None, str]:
     """The newest committed ``benchmarks/pareto.py`` run: (its figure, what it is). Measured
     offline on the machine its file names, not on this server: said in the caption."""
-    files = sorted(results.glob("pareto-*.json"))  # named pareto-<size>-<date>
+    files = sorted(path for path in results.glob("pareto-*.json")  # named pareto-<size>-<date>
+                   if not path.name.endswith(".figure.json"))  # the plotly figure written beside it
     if not files:
         return None, "No `benchmarks/pareto.py` run is committed in this copy (benchmarks/results/pareto-*.json)."
     path = files[-1]

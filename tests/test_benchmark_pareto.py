@@ -188,6 +188,7 @@ def test_the_apps_efficiency_tab_shows_the_newest_committed_run(run, tmp_path):
     figure, caption = committed_pareto(tmp_path)
     assert figure is None and "No `benchmarks/pareto.py` run" in caption
     (tmp_path / "pareto-300-2026-01-01.json").write_text((run[2] / "p.json").read_text())
+    (tmp_path / "pareto-300-2026-01-01.zz.figure.json").write_text("{}")  # a figure file is not a run
     (tmp_path / "pareto-broken.json").write_text("{")  # sorts after: the newest file is unreadable
     figure, caption = committed_pareto(tmp_path)
     assert figure is None and "Cannot read `pareto-broken.json`" in caption
