@@ -141,6 +141,7 @@ def test_the_page_in_a_browser(settings, tmp_path):
                 return i.length > 0 && i.every(x => x.complete && x.naturalWidth > 0); }""",
                                    arg="#text-results img", timeout=30_000)
             assert page.locator("#text-results img").count() == 10
+            page.locator("#text-funnel .js-plotly-plot").wait_for(timeout=30_000)
             shot(page, "1-text-query")
             page.get_by_role("tab", name="Image → captions", exact=True).click()
             page.locator("#no-upload-note").get_by_text("region features").wait_for(timeout=30_000)
