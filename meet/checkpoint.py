@@ -228,12 +228,12 @@ def stored_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def check_weight_shapes(folder: Path, expected: dict[str, torch.Tensor],
+def check_weight_shapes(folder: Path, model_state: dict[str, torch.Tensor],
                         stored: dict[str, tuple[int, ...]]) -> None:
     """Refuse a config whose model does not match the weights before that model is built:
     a size edited to 2**40 would otherwise be allocated (and the process killed by the
     kernel's out-of-memory killer) before ``load_state_dict`` could notice."""
-    expected = {name: tuple(value.shape) for name, value in expected.items()}
+    expected = {name: tuple(value.shape) for name, value in model_state.items()}
     missing = sorted(set(expected) - set(stored))
     unexpected = sorted(set(stored) - set(expected))
     differ = sorted(name for name in set(expected) & set(stored) if expected[name] != stored[name])
