@@ -18,6 +18,7 @@ from meet import analysis, figures
 from meet.errors import DataError
 from meet.inference import Encoded
 
+from app import evidence
 from app.efficiency_tab import query_batch
 from app.feedback import guarded
 from app.search import SearchOutcome, gallery_index
@@ -232,6 +233,7 @@ def render(state: AppState, last_outcome: gr.State, demo: gr.Blocks) -> None:
                                              "best by dense score)", columns=6, height=240)
                 removed_pq = gr.Gallery(label="Removed by the quantization filter", columns=6, height=240)
             gr.Markdown("**All queries of the gallery**")
+            gr.Markdown(evidence.filtering_text(evidence.load()), elem_id="filtering-evidence")
             aggregate_text = gr.Markdown()
             aggregate = gr.Plot()
             with gr.Row():
@@ -239,6 +241,7 @@ def render(state: AppState, last_outcome: gr.State, demo: gr.Blocks) -> None:
                 sweep_button = gr.Button("Recall ceiling vs cost over R and q")
             sweep = gr.Plot()
         with gr.Tab("Reweighting"):
+            gr.Markdown(evidence.reweighting_text(evidence.load()), elem_id="reweighting-evidence")
             reweight_text = gr.Markdown()
             with gr.Row():
                 scatter, bump = gr.Plot(), gr.Plot()

@@ -271,3 +271,25 @@ def test_cached_analyses_run_once_under_concurrent_first_requests(app_state):
     for thread in threads:
         thread.join()
     assert calls == [1] and app_state.cached("test-once", slow) == 42
+
+
+def test_the_filter_and_reweighting_views_quote_the_committed_investigation(tmp_path):
+    """Every number in the two texts comes from the committed ablation table."""
+    from app import evidence
+
+    table = evidence.load()
+    assert table is not None, "assets/investigation/small/ablation.json is committed"
+    filtering, reweighting = evidence.filtering_text(table), evidence.reweighting_text(table)
+    full = next(row for row in table["rows"] if row["name"] == "full" and row["mode"] == "meet")
+    assert f"{full['t2i_relevant_kept']:.3f} (t2i)" in filtering and f"{full['dense_rsum']:.1f}" in filtering
+    paper = next(p for p in table["rerank"] if p["model"] == "full" and p["point"] == evidence.PAPER_POINT)
+    assert f"rSum {paper['effects']['rsum']['mean']:+.1f}" in reweighting
+    reweight = next(e for e in table["effects"] if e["name"] == "reweight")
+    assert f"rSum {reweight['effects']['rsum']['mean']:+.1f}" in reweighting
+    assert "AUC" in reweighting and "seed(s) " + ", ".join(map(str, table["seeds"])) in reweighting
+    # a copy without the investigation (or a damaged file) says so instead of failing
+    assert evidence.load(tmp_path / "missing.json") is None
+    (tmp_path / "bad.json").write_text("{")
+    assert evidence.load(tmp_path / "bad.json") is None
+    assert "No committed investigation" in evidence.filtering_text(None)
+    assert "No committed investigation" in evidence.reweighting_text(None)
