@@ -19,7 +19,6 @@ from meet.errors import DataError
 from meet.inference import Encoded
 
 from app import evidence
-from app.efficiency_tab import query_batch
 from app.feedback import guarded
 from app.search import SearchOutcome, gallery_index
 from app.state import AppState
@@ -27,6 +26,9 @@ from app.state import AppState
 SWEEP_HAMMING = (0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0)
 SWEEP_PQ = (0.1, 0.25, 0.5, 0.6, 0.75, 1.0)
 """The R and q grid of the recall-vs-cost curve (fractions; the paper's point is on it)."""
+AGGREGATE_QUERIES = 5000
+"""Queries per direction of the all-query views (aggregate funnel, recall-cost sweep, pair
+histogram): all of the default gallery's 5,000 captions; a larger gallery is sampled."""
 REMOVED_SHOWN = 12
 UMAP_MAX_POINTS = 3000
 UMAP_EPOCHS = 200
@@ -34,24 +36,29 @@ UMAP_EPOCHS = 200
 map to seconds at 3,000 points."""
 
 
-def positives(state: AppState) -> np.ndarray:
-    """bool (n_captions, n_images): Shapes ground truth, else the data set's caption pairs."""
-    gallery = state.gallery
-    if gallery.relevance is not None:
-        return gallery.relevance
-    pairs = np.zeros((gallery.dataset.n_captions, gallery.dataset.n_images), bool)
-    pairs[np.arange(gallery.dataset.n_captions), gallery.dataset.caption_image] = True
-    return pairs
+def query_positions(state: AppState, direction: str) -> np.ndarray:
+    """The query items of the all-query views: every caption (t2i) or image (i2t) of a
+    gallery up to :data:`AGGREGATE_QUERIES`, else that many evenly spaced ones, so their
+    time and the ground truth they need grow linearly with the gallery, not with its square."""
+    side = state.gallery.texts if direction == "t2i" else state.gallery.images
+    if side.n_items <= AGGREGATE_QUERIES:
+        return np.arange(side.n_items)
+    return np.unique(np.linspace(0, side.n_items - 1, AGGREGATE_QUERIES).round().astype(np.int64))
 
 
 def relevant_for(state: AppState, direction: str) -> np.ndarray:
-    """bool (n_queries, n_gallery) for the queries of :func:`query_batch` (all items)."""
-    return positives(state) if direction == "t2i" else positives(state).T
+    """bool (n_queries, n_gallery) for the queries of :func:`all_queries`: Shapes ground
+    truth, else the data set's caption pairs."""
+    truth, rows = state.gallery.truth, query_positions(state, direction)
+    return truth.captions(rows) if direction == "t2i" else truth.images(rows)
 
 
 def all_queries(state: AppState, direction: str) -> Encoded:
+    """The encodings of :func:`query_positions` (stored, no model call)."""
     side = state.gallery.texts if direction == "t2i" else state.gallery.images
-    return query_batch(state, direction, side.n_items)
+    rows = query_positions(state, direction)
+    return Encoded(np.asarray(side.dense[rows], np.float32), np.asarray(side.hash[rows], np.float32),
+                   np.asarray(side.codes[rows]), np.asarray(side.pq_codes[rows]))
 
 
 NO_CAPTIONS = "This gallery has no captions, so there are no caption codes to show."
@@ -96,7 +103,9 @@ def bit_figures(state: AppState) -> tuple:
         if "text" not in balance:
             return (figures.bit_share_bars(balance), figures.bit_correlation_heatmap(balance["image"], "Image bits"),
                     None, None, f"{text} of {gallery.images.n_bits}. {NO_CAPTIONS}")
-        hist = analysis.hamming_pair_histogram(gallery.texts.codes, gallery.images.codes, positives(state))
+        captions = query_positions(state, "t2i")
+        hist = analysis.hamming_pair_histogram(np.asarray(gallery.texts.codes[captions]), gallery.images.codes,
+                                               relevant_for(state, "t2i"))
         text = (f"{text}, caption {balance['text'].effective_bits:.1f} of {gallery.images.n_bits}. Mean Hamming "
                 f"distance between a caption and an image: {hist.positive_mean:.1f} for relevant pairs, "
                 f"{hist.negative_mean:.1f} for the rest; {hist.overlap:.1%} of irrelevant pairs are as close "
@@ -116,17 +125,28 @@ def aggregate_figure(state: AppState) -> tuple:
                                                             all_queries(state, direction),
                                                             relevant_for(state, direction), state.cascade)
                       for direction in ("t2i", "i2t")}
-        return figures.aggregate_funnel_figure(aggregates), _aggregate_text(aggregates)
+        return figures.aggregate_funnel_figure(aggregates), _aggregate_text(aggregates, _queries_used(state))
     return state.cached("aggregate funnel", compute)
 
 
-def _aggregate_text(aggregates: dict[str, Any]) -> str:
+def _queries_used(state: AppState) -> str:
+    """``every query of the gallery``, or how many were sampled of how many."""
+    sizes = {direction: (len(query_positions(state, direction)),
+                         (state.gallery.texts if direction == "t2i" else state.gallery.images).n_items)
+             for direction in ("t2i", "i2t")}
+    if all(used == total for used, total in sizes.values()):
+        return "every query of the gallery"
+    return "an evenly spaced sample of the queries (" + ", ".join(
+        f"{direction}: {used:,} of {total:,}" for direction, (used, total) in sizes.items()) + ")"
+
+
+def _aggregate_text(aggregates: dict[str, Any], queries: str = "every query of the gallery") -> str:
     parts = []
     for direction, agg in aggregates.items():
         described = "; ".join(f"after {row['stage']}: {row['recall_ceiling']:.1%} of relevant items remain"
                               for row in agg.rows() if row["stage"] != "gallery")
         parts.append(f"**{direction}** ({described})")
-    return "Over every query of the gallery at the checkpoint's rates: " + " · ".join(parts)
+    return f"Over {queries} at the checkpoint's rates: " + " · ".join(parts)
 
 
 def recall_cost(state: AppState, direction: str, progress: gr.Progress = gr.Progress()) -> Any:

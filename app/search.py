@@ -225,8 +225,8 @@ def _caption_positions(captions: list[str]) -> dict[str, list[int]]:
 
 def _image_ground_truth(state: AppState, position: int) -> tuple[np.ndarray, str]:
     gallery = state.gallery
-    if gallery.relevance is not None:
-        return (gallery.relevance[:, position].copy(),
+    if gallery.has_ground_truth:
+        return (gallery.truth.images([position])[0],
                 "Shapes ground truth: every caption true of this scene, not just its own five")
     return (gallery.dataset.caption_image == position,
             "the data set's pairing: this image's own captions (others that fit count as misses)")

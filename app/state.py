@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 
 import meet
 from meet.config import CascadeConfig, HashRefitConfig
@@ -29,6 +28,7 @@ from meet.inference import MEETModel
 from meet.search import GalleryIndex
 from meet.search.cache import cached_pair
 
+from app.ground_truth import GroundTruth
 from app.settings import AppSettings
 
 Report = Callable[[str], None]
@@ -49,8 +49,9 @@ class Gallery:
     images: GalleryIndex
     texts: GalleryIndex
     """Both keep their hash features (``.hash``), which the quantization-error view reads."""
-    relevance: np.ndarray | None
-    """bool (n_captions, n_images): truly relevant pairs (Shapes facts), else None."""
+    truth: GroundTruth
+    """Which captions are relevant to which images (Shapes facts, else the data set's
+    pairing), computed per query: never the quadratic matrix."""
     image_paths: list[str | None]
     """Each image's file, for thumbnails; None where there is none (a precomputed-feature
     gallery without ``--images``, or an image the id file names but the folder lacks)."""
@@ -61,7 +62,7 @@ class Gallery:
 
     @property
     def has_ground_truth(self) -> bool:
-        return self.relevance is not None
+        return self.truth.from_facts
 
     @property
     def reads_region_features(self) -> bool:
@@ -238,10 +239,6 @@ def _load_gallery(settings: AppSettings, model: MEETModel, dataset: ImageTextDat
                   report: Report) -> Gallery:
     images, texts = cached_pair(model, dataset, settings.cache_dir, cascade=build_cascade(model, dataset, report),
                                 keep_hash=True, report=report)
-    relevance = None
-    if dataset.scenes is not None and dataset.caption_facts is not None:
-        from meet.data.shapes import relevance_matrix
-        relevance = relevance_matrix(dataset.caption_facts, dataset.scenes)
     paths: list[str | None] = [str(p) for p in getattr(dataset, "paths", [])] or [None] * dataset.n_images
     labels = [str(i) for i in dataset.image_ids]
     if settings.images:
@@ -252,7 +249,8 @@ def _load_gallery(settings: AppSettings, model: MEETModel, dataset: ImageTextDat
                                                                     dataset.n_images)]
         report(f"thumbnails: {sum(p is not None for p in paths)} of {dataset.n_images} images found in "
                f"{settings.images}")
-    return Gallery(dataset, images, texts, relevance, paths, labels, Path(settings.cache_dir) / "placeholders")
+    return Gallery(dataset, images, texts, GroundTruth.of(dataset), paths, labels,
+                   Path(settings.cache_dir) / "placeholders")
 
 
 def _draw_placeholder(target: Path, label: str) -> None:

@@ -38,7 +38,7 @@ def test_default_state_is_the_shapes_test_split(app_state):
     gallery = app_state.gallery
     assert (gallery.dataset.n_images, gallery.dataset.n_captions) == (1000, 5000)
     assert gallery.images.ids[0] == "021000.png"  # same images as the benchmark's test split
-    assert gallery.relevance.shape == (5000, 1000) and app_state.device_label == "CPU"
+    assert gallery.truth.captions(np.arange(5000)).shape == (5000, 1000) and app_state.device_label == "CPU"
 
 
 def test_cached_index_is_reused_and_a_corrupt_one_rebuilt(app_state, app_cache):
@@ -227,7 +227,7 @@ def test_a_plain_image_folder_with_captions_is_a_gallery(app_state, tmp_path):
     captions.write_text("\n".join(lines) + "\n", encoding="utf-8")
     state = load_state(AppSettings(data=str(folder), captions=str(captions), cache_dir=str(tmp_path / "cache")),
                        report=lambda line: None)
-    assert state.gallery.relevance is None and state.gallery.images.ids == names
+    assert not state.gallery.has_ground_truth and state.gallery.images.ids == names
     exact = text_search(state, lines[2].split("\t")[1], k=3)
     assert exact.relevant is not None and exact.relevant.sum() >= 1  # the caption's own image
     assert results_json(state, exact)["results"][0]["id"] in names
@@ -293,3 +293,47 @@ def test_the_filter_and_reweighting_views_quote_the_committed_investigation(tmp_
     assert evidence.load(tmp_path / "bad.json") is None
     assert "No committed investigation" in evidence.filtering_text(None)
     assert "No committed investigation" in evidence.reweighting_text(None)
+
+
+def test_ground_truth_is_computed_per_query_and_equals_the_full_matrix(app_state):
+    """The gallery keeps facts and scenes (linear), not the caption x image matrix; any
+    rows it computes equal that matrix's rows and columns."""
+    from meet.data.shapes import relevance_matrix
+
+    gallery = app_state.gallery
+    full = relevance_matrix(gallery.dataset.caption_facts, gallery.dataset.scenes)
+    rows = np.array([0, 7, 4999, 7])
+    np.testing.assert_array_equal(gallery.truth.captions(rows), full[rows])
+    np.testing.assert_array_equal(gallery.truth.images([3, 999]), full[:, [3, 999]].T)
+    assert not any(isinstance(v, np.ndarray) and v.ndim == 2 and v.shape == full.shape
+                   for v in vars(gallery.truth).values())
+
+
+def test_pairing_ground_truth_without_facts():
+    from types import SimpleNamespace
+
+    from app.ground_truth import GroundTruth
+
+    dataset = SimpleNamespace(caption_image=np.array([0, 0, 1, 2, 2]), n_images=3, scenes=None, caption_facts=None)
+    truth = GroundTruth.of(dataset)
+    assert not truth.from_facts
+    np.testing.assert_array_equal(truth.captions([1, 3]), [[True, False, False], [False, False, True]])
+    np.testing.assert_array_equal(truth.images([2]), [[False, False, False, True, True]])
+
+
+def test_the_all_query_views_sample_a_large_gallery(app_state, monkeypatch):
+    """Above AGGREGATE_QUERIES the aggregate views use evenly spaced queries, with the
+    ground truth of exactly those queries, and say so."""
+    from app import redundancy_tab
+
+    monkeypatch.setattr(redundancy_tab, "AGGREGATE_QUERIES", 600)
+    rows = redundancy_tab.query_positions(app_state, "t2i")
+    assert len(rows) == 600 and rows[0] == 0 and rows[-1] == 4999 and np.all(np.diff(rows) > 0)
+    assert len(redundancy_tab.query_positions(app_state, "i2t")) == 600
+    relevant = redundancy_tab.relevant_for(app_state, "t2i")
+    np.testing.assert_array_equal(relevant, app_state.gallery.truth.captions(rows))
+    queries = redundancy_tab.all_queries(app_state, "t2i")
+    np.testing.assert_array_equal(queries.codes, app_state.gallery.texts.codes[rows])
+    assert "t2i: 600 of 5,000" in redundancy_tab._queries_used(app_state)
+    monkeypatch.setattr(redundancy_tab, "AGGREGATE_QUERIES", 5000)
+    assert redundancy_tab._queries_used(app_state) == "every query of the gallery"

@@ -57,7 +57,7 @@ def test_redundancy_notebook_states_the_measured_numbers(app_cache, app_state, m
         monkeypatch.delenv(name, raising=False)
     markdown, summary = _run(NOTEBOOK)
     gallery = app_state.gallery
-    relevance = gallery.relevance
+    relevance = gallery.truth.captions(np.arange(gallery.texts.n_items))
 
     # Stage I: bit balance and codebook usage from the app's index of the same gallery
     for side, index in (("image", gallery.images), ("text", gallery.texts)):

@@ -232,11 +232,7 @@ def relevance_matrix(caption_facts: list[dict] | FactsArrays,
     scene_arrays = scenes if isinstance(scenes, SceneArrays) else encode_scenes(scenes)
     if len(facts) == 0 or len(scene_arrays) == 0:
         return np.zeros((len(facts), len(scene_arrays)), dtype=bool)
-    keys = np.concatenate([facts.patterns.reshape(len(facts), -1).astype(np.int16),
-                           np.stack([facts.n_patterns, facts.relation, facts.subject,
-                                     facts.object, facts.required_objects], axis=1)], axis=1)
-    unique_keys, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
-    unique = _take_facts(facts, first)
+    unique, inverse = unique_facts(facts)
     relation_table = _relation_table(scene_arrays)
     block = max(1, block_elements // len(scene_arrays))
     unique_relevant = np.empty((len(unique), len(scene_arrays)), dtype=bool)
@@ -244,4 +240,14 @@ def relevance_matrix(caption_facts: list[dict] | FactsArrays,
         part = _take_facts(unique, np.arange(start, min(start + block, len(unique))))
         unique_relevant[start:start + len(part)] = _relevance_block(
             part, scene_arrays, _pattern_tables(part), relation_table)
-    return unique_relevant[inverse.reshape(-1)]
+    return unique_relevant[inverse]
+
+
+def unique_facts(facts: FactsArrays) -> tuple[FactsArrays, np.ndarray]:
+    """The distinct facts and, per caption, the index of its own among them: caption
+    templates repeat a lot, so relevance is computed once per distinct fact."""
+    keys = np.concatenate([facts.patterns.reshape(len(facts), -1).astype(np.int16),
+                           np.stack([facts.n_patterns, facts.relation, facts.subject,
+                                     facts.object, facts.required_objects], axis=1)], axis=1)
+    _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    return _take_facts(facts, first), inverse.reshape(-1)
