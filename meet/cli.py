@@ -32,7 +32,7 @@ import typing
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 from meet.errors import ConfigError, MEETError
 
@@ -189,13 +189,15 @@ def _temporary_sibling(path: Path, kind: str) -> Path:
     return path.with_name(f".{kind}-{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` via a flushed temporary sibling and ``os.replace``."""
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
+    """Call ``write`` on a temporary sibling opened for binary writing, flush and fsync
+    it, then ``os.replace`` it onto ``path``: readers see the old file or the new one,
+    never a part; on any error the sibling is removed."""
     path = Path(path)
     tmp = _temporary_sibling(path, "tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+        with open(tmp, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -203,6 +205,11 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """:func:`atomic_write` of ``text`` as UTF-8."""
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def atomic_write_json(path: str | Path, data: Any, indent: int | None = 2) -> Path:

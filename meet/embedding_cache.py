@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from meet.cli import atomic_write_json
+from meet.cli import atomic_write, atomic_write_json
 from meet.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -74,16 +72,7 @@ def _read_chunk(path: Path, rows: int, dim: int) -> np.ndarray | None:
 
 
 def _write_chunk(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}.npy")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: np.save(f, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False))
 
 
 def cached_dense(model: "MEETModel", dataset: "ImageTextDataset", folder: str | Path, chunk_size: int,
