@@ -10,7 +10,7 @@ for a search, a bounded sample of queries for the Redundancy tab's aggregates.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -56,9 +56,9 @@ class GroundTruth:
         """bool (len(rows), n_images): the images each caption ``rows`` is true of."""
         rows = np.asarray(rows, np.int64).reshape(-1)
         if self.from_facts:
-            from meet.data.shapes.relevance import relevance_matrix
+            from meet.data.shapes.relevance import relevance_matrix, take_rows
 
-            return relevance_matrix(_take(self.facts, rows), self.scenes)
+            return relevance_matrix(take_rows(self.facts, rows), self.scenes)
         relevant = np.zeros((len(rows), self.n_images), bool)
         relevant[np.arange(len(rows)), self.caption_image[rows]] = True
         return relevant
@@ -67,12 +67,8 @@ class GroundTruth:
         """bool (len(rows), n_captions): the captions true of each image ``rows``."""
         rows = np.asarray(rows, np.int64).reshape(-1)
         if self.from_facts:
-            from meet.data.shapes.relevance import relevance_matrix
+            from meet.data.shapes.relevance import relevance_matrix, take_rows
 
-            return np.ascontiguousarray(relevance_matrix(self.distinct, _take(self.scenes, rows))[self.fact_of].T)
+            return np.ascontiguousarray(relevance_matrix(self.distinct, take_rows(self.scenes, rows))[self.fact_of].T)
         return self.caption_image[None, :] == rows[:, None]
 
-
-def _take(arrays: Any, rows: np.ndarray) -> Any:
-    """The ``rows`` of a dataclass of parallel arrays (facts or scenes)."""
-    return type(arrays)(*(getattr(arrays, f.name)[rows] for f in fields(arrays)))

@@ -9,7 +9,7 @@ small integer arrays (:class:`FactsArrays`, :class:`SceneArrays`).
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -215,8 +215,9 @@ def _relevance_block(facts: FactsArrays, scenes: SceneArrays, tables: np.ndarray
     return relevant
 
 
-def _take_facts(facts: FactsArrays, rows: np.ndarray) -> FactsArrays:
-    return FactsArrays(*(getattr(facts, f)[rows] for f in FactsArrays.__dataclass_fields__))
+def take_rows(arrays: FactsArrays | SceneArrays, rows: np.ndarray) -> FactsArrays | SceneArrays:
+    """The ``rows`` of captions' facts or of scenes (each field indexed alike)."""
+    return type(arrays)(*(getattr(arrays, f.name)[rows] for f in fields(arrays)))
 
 
 def relevance_matrix(caption_facts: list[dict] | FactsArrays,
@@ -237,7 +238,7 @@ def relevance_matrix(caption_facts: list[dict] | FactsArrays,
     block = max(1, block_elements // len(scene_arrays))
     unique_relevant = np.empty((len(unique), len(scene_arrays)), dtype=bool)
     for start in range(0, len(unique), block):
-        part = _take_facts(unique, np.arange(start, min(start + block, len(unique))))
+        part = take_rows(unique, np.arange(start, min(start + block, len(unique))))
         unique_relevant[start:start + len(part)] = _relevance_block(
             part, scene_arrays, _pattern_tables(part), relation_table)
     return unique_relevant[inverse]
@@ -250,4 +251,4 @@ def unique_facts(facts: FactsArrays) -> tuple[FactsArrays, np.ndarray]:
                            np.stack([facts.n_patterns, facts.relation, facts.subject,
                                      facts.object, facts.required_objects], axis=1)], axis=1)
     _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
-    return _take_facts(facts, first), inverse.reshape(-1)
+    return take_rows(facts, first), inverse.reshape(-1)
