@@ -38,9 +38,14 @@ def query_batch(state: AppState, direction: str, n_queries: int) -> Encoded:
     without captions can time)."""
     gallery = state.gallery
     index = gallery.texts if direction == "t2i" else gallery.images
-    n = min(n_queries, index.n_items)
-    return Encoded(np.asarray(index.dense[:n], np.float32), np.asarray(index.hash[:n], np.float32),
-                   np.asarray(index.codes[:n]), np.asarray(index.pq_codes[:n]))
+    return stored_items(index, slice(0, min(n_queries, index.n_items)))
+
+
+def stored_items(index: Any, rows: Any) -> Encoded:
+    """The ``rows`` (a slice or positions) of a gallery index as query encodings, read from
+    what the index stores (the app keeps the hash features): no model call."""
+    return Encoded(np.asarray(index.dense[rows], np.float32), np.asarray(index.hash[rows], np.float32),
+                   np.asarray(index.codes[rows]), np.asarray(index.pq_codes[rows]))
 
 
 def measure(state: AppState, direction: str, n_queries: int = 256, repeats: int = 3) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ from meet.errors import DataError
 from meet.inference import Encoded
 
 from app import evidence
+from app.efficiency_tab import stored_items
 from app.feedback import guarded
 from app.search import SearchOutcome, gallery_index
 from app.state import AppState
@@ -56,9 +57,7 @@ def relevant_for(state: AppState, direction: str) -> np.ndarray:
 def all_queries(state: AppState, direction: str) -> Encoded:
     """The encodings of :func:`query_positions` (stored, no model call)."""
     side = state.gallery.texts if direction == "t2i" else state.gallery.images
-    rows = query_positions(state, direction)
-    return Encoded(np.asarray(side.dense[rows], np.float32), np.asarray(side.hash[rows], np.float32),
-                   np.asarray(side.codes[rows]), np.asarray(side.pq_codes[rows]))
+    return stored_items(side, query_positions(state, direction))
 
 
 NO_CAPTIONS = "This gallery has no captions, so there are no caption codes to show."
