@@ -6,7 +6,7 @@ lays the tab out and wires them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import gradio as gr
 import numpy as np
@@ -205,20 +205,8 @@ def _similar_panel(state: AppState, last_outcome: gr.State) -> None:
         dense = gr.Gallery(label="Dense-only ranking (for comparison)", columns=5, height=420)
     funnel = gr.Plot(label="The cascade for this query", elem_id="similar-funnel")
     last_image = gr.State(None)
-    outputs = [ranked, dense, funnel, info, last_outcome, last_image]
-    handler = guarded(lambda image, *c: (*run_similar(state, image, *c), image), outputs=len(outputs))
-    live = guarded(lambda image, *c: (*run_similar(state, image, *c), image), outputs=len(outputs),
-                   skip_if_empty=True)
-
-    def pick(*args: Any) -> tuple:
-        *controls_values, event = args
-        return (*run_similar(state, event.index, *controls_values), event.index)
-    picker.select(guarded(pick, outputs=len(outputs)), controls.inputs, outputs, api_visibility="private")
-    for source, button in sources:
-        button.click(handler, [source, *controls.inputs], outputs, api_visibility="private")
-    for control in controls.live:
-        control.change(live, [last_image, *controls.inputs], outputs, api_visibility="private",
-                       trigger_mode="always_last")
+    _wire_image_queries(state, run_similar, picker, sources, controls,
+                        [ranked, dense, funnel, info, last_outcome, last_image], last_image)
 
 
 def _text_panel(state: AppState, last_outcome: gr.State) -> None:
@@ -286,16 +274,28 @@ def _image_panel(state: AppState, last_outcome: gr.State) -> None:
     last_image = gr.State(None)
     """The last image searched with (a gallery position, a file path or a sketch array):
     the sliders re-run it."""
-    outputs = [ranked, dense, funnel, info, last_outcome, last_image]
-    handler = guarded(lambda image, *c: (*run_image(state, image, *c), image), outputs=len(outputs))
-    live = guarded(lambda image, *c: (*run_image(state, image, *c), image), outputs=len(outputs),
-                   skip_if_empty=True)
+    _wire_image_queries(state, run_image, picker, sources, controls,
+                        [ranked, dense, funnel, info, last_outcome, last_image], last_image)
 
+
+def picker_handler(state: AppState, run: Callable[..., tuple], outputs: int) -> Callable[..., tuple]:
+    """A click on a picker image searches with it at once (no race with a button). The
+    ``gr.SelectData`` annotation is what makes gradio pass the click: without it the
+    handler never learns which image was clicked."""
     def pick(k: Any, mode: str, hamming: float, pq: float, top_z: float, alpha: float, beta: float,
              event: gr.SelectData) -> tuple:
-        """A click on a picker image searches with it at once (no race with a button)."""
-        return (*run_image(state, event.index, k, mode, hamming, pq, top_z, alpha, beta), event.index)
-    picker.select(guarded(pick, outputs=len(outputs)), controls.inputs, outputs, api_visibility="private")
+        return (*run(state, event.index, k, mode, hamming, pq, top_z, alpha, beta), event.index)
+    return guarded(pick, outputs=outputs)
+
+
+def _wire_image_queries(state: AppState, run: Callable[..., tuple], picker: gr.Gallery,
+                        sources: list[tuple[Any, gr.Button]], controls: Controls, outputs: list[Any],
+                        last_image: gr.State) -> None:
+    """An image panel's events: a picker click, each source's button, and the cascade
+    sliders re-running the last image (``run`` returns the outputs before ``last_image``)."""
+    handler = guarded(lambda image, *c: (*run(state, image, *c), image), outputs=len(outputs))
+    live = guarded(lambda image, *c: (*run(state, image, *c), image), outputs=len(outputs), skip_if_empty=True)
+    picker.select(picker_handler(state, run, len(outputs)), controls.inputs, outputs, api_visibility="private")
     for source, button in sources:
         button.click(handler, [source, *controls.inputs], outputs, api_visibility="private")
     for control in controls.live:

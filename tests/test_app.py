@@ -337,3 +337,20 @@ def test_the_all_query_views_sample_a_large_gallery(app_state, monkeypatch):
     assert "t2i: 600 of 5,000" in redundancy_tab._queries_used(app_state)
     monkeypatch.setattr(redundancy_tab, "AGGREGATE_QUERIES", 5000)
     assert redundancy_tab._queries_used(app_state) == "every query of the gallery"
+
+
+@pytest.mark.parametrize("panel", ["captions", "images"])
+def test_a_picker_click_reaches_the_handler_with_the_clicked_image(app_state, panel):
+    """gradio passes the click's SelectData only to an annotated parameter: the Image ->
+    images picker once unpacked it from *args and never received it."""
+    import gradio as gr
+    from gradio.helpers import special_args
+
+    from app.search_tab import picker_handler, run_image, run_similar
+
+    handler = picker_handler(app_state, run_image if panel == "captions" else run_similar, outputs=6)
+    controls = [5, "cascade", 0.6, 0.6, 12, 0.1, 0.1]
+    inputs, *_ = special_args(handler, list(controls), None, gr.SelectData(None, {"index": 3, "value": None}))
+    assert isinstance(inputs[-1], gr.SelectData)
+    result = handler(*inputs)
+    assert len(result) == 6 and result[-1] == 3
