@@ -230,6 +230,7 @@ def umap_map(state: AppState, color_by: str, progress: gr.Progress = gr.Progress
 
 
 def render(state: AppState, last_outcome: gr.State, demo: gr.Blocks) -> None:
+    investigation = evidence.load()  # the committed ablation table, read once per page build
     with gr.Tab("Redundancy"):
         with gr.Tab("Codebook usage"):
             codebook_text = gr.Markdown()
@@ -252,7 +253,7 @@ def render(state: AppState, last_outcome: gr.State, demo: gr.Blocks) -> None:
                                              "best by dense score)", columns=6, height=240)
                 removed_pq = gr.Gallery(label="Removed by the quantization filter", columns=6, height=240)
             gr.Markdown("**All queries of the gallery**")
-            gr.Markdown(evidence.filtering_text(evidence.load()), elem_id="filtering-evidence")
+            gr.Markdown(evidence.filtering_text(investigation), elem_id="filtering-evidence")
             aggregate_text = gr.Markdown()
             aggregate = gr.Plot()
             with gr.Row():
@@ -260,7 +261,7 @@ def render(state: AppState, last_outcome: gr.State, demo: gr.Blocks) -> None:
                 sweep_button = gr.Button("Recall ceiling vs cost over R and q")
             sweep = gr.Plot()
         with gr.Tab("Reweighting"):
-            gr.Markdown(evidence.reweighting_text(evidence.load()), elem_id="reweighting-evidence")
+            gr.Markdown(evidence.reweighting_text(investigation), elem_id="reweighting-evidence")
             reweight_text = gr.Markdown()
             with gr.Row():
                 scatter, bump = gr.Plot(), gr.Plot()
