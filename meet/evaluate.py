@@ -212,26 +212,33 @@ def shapes_relevance(ds: ImageTextDataset) -> torch.Tensor | None:
 
 def single_object_precision(model: MEETModel, ds: ImageTextDataset, modes: tuple[str, ...],
                             indexes: SplitIndexes, k: int = 10) -> dict[str, dict[str, float]]:
-    """Text->image P@k of the single-object queries with at least k relevant images
-    (Shapes only): all of them, "a {colour} {shape}" ("a red circle") and "a {size}
-    {colour} {shape}" ("a small blue star"), searched over the split's image index.
-    {mode: {"all": p, "colour_shape": p, "size_colour_shape": p, "n_queries": n}}."""
-    from meet.data.shapes import parse_caption, relevance_matrix, single_object_queries
+    """Text->image P@k of the probe queries with at least k relevant images (Shapes only),
+    searched over the split's image index, by group: ``all`` (the 144 single-object
+    queries), ``colour_shape`` ("a red circle"), ``size_colour_shape`` ("a small blue
+    star") and the one-attribute probes ``colour`` ("something red"), ``shape`` ("a
+    circle"), ``size`` ("something small").
+    {mode: {group: p, ..., "n_queries": n (single-object queries kept)}}."""
+    from meet.data.shapes import attribute_queries, parse_caption, relevance_matrix, single_object_queries
 
-    queries = single_object_queries()
+    single = single_object_queries()
+    groups = {"colour_shape": [q for q in single if len(q.split()) == 3],   # "a red circle"
+              "size_colour_shape": [q for q in single if len(q.split()) == 4], **attribute_queries()}
+    queries = [q for group in groups.values() for q in group]
+    group_of = np.array([name for name, group in groups.items() for _ in group])
     relevance = torch.from_numpy(relevance_matrix([parse_caption(q) for q in queries], ds.scenes))
-    keep = relevance.sum(dim=1) >= k
+    keep = (relevance.sum(dim=1) >= k).numpy()
     kept = [q for q, ok in zip(queries, keep) if ok]
-    with_size = torch.tensor([len(q.split()) == 4 for q in kept], dtype=torch.bool)  # "a small blue star"
+    group_of, relevance = group_of[keep], relevance[torch.from_numpy(keep)]
     probes = model.encode_texts(kept)
-    relevance = relevance[keep]
+    single_kept = np.isin(group_of, ("colour_shape", "size_colour_shape"))
     out = {}
     for mode in modes:
         image_index, _ = indexes.pair_for(mode)
         scores = torch.from_numpy(full_scores(image_index, probes, mode, mode_cascade(mode, model)))
-        p = metrics.precision_at_k(scores, relevance, k)
-        out[mode] = {"all": float(p.mean()), "colour_shape": float(p[~with_size].mean()),
-                     "size_colour_shape": float(p[with_size].mean()), "n_queries": len(kept)}
+        p = metrics.precision_at_k(scores, relevance, k).numpy()
+        out[mode] = {"all": float(p[single_kept].mean()) if single_kept.any() else float("nan"),
+                     "n_queries": int(single_kept.sum()),
+                     **{name: float(p[group_of == name].mean()) for name in groups if (group_of == name).any()}}
     return out
 
 
@@ -251,8 +258,9 @@ def evaluate(model: MEETModel, ds: ImageTextDataset, modes: tuple[str, ...] = MO
     if relevance is not None:
         for mode, values in single_object_precision(model, ds, modes, indexes).items():
             results[mode]["t2i_single_object_p@10"] = values["all"]
-            results[mode]["t2i_colour_shape_p@10"] = values["colour_shape"]
-            results[mode]["t2i_size_colour_shape_p@10"] = values["size_colour_shape"]
+            for group in ("colour_shape", "size_colour_shape", "colour", "shape", "size"):
+                if group in values:
+                    results[mode][f"t2i_{group}_p@10"] = values[group]
             results[mode]["single_object_queries"] = values["n_queries"]
     return results
 

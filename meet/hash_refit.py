@@ -248,6 +248,44 @@ def main(argv: list[str] | None = None) -> int:
     return cli.run(lambda: _main(args))
 
 
+def require_detached_hash(model: MEETModel) -> None:
+    """Refuse a model whose encoders trained through its hash heads: refitting the heads
+    alone would break that coupling."""
+    if not model.cfg.model.detach_hash:
+        raise ConfigError("this checkpoint trained its encoders through the hash heads "
+                          "(detach_hash=false); refitting the heads alone would break that coupling",
+                          fix="retrain with the hash losses instead")
+
+
+def refit_hash_codes(model: MEETModel, ds, cfg: HashRefitConfig, progress: bool = True) -> str:
+    """Refit ``model``'s hash heads by ``cfg.method`` on ``ds`` (its training split), then
+    its PQ codebooks, in place; records ``cfg`` in the model's config and returns a
+    one-line summary. What ``python -m meet.hash_refit`` and ``meet.train``'s final
+    ``hash_distill`` phase both run."""
+    require_detached_hash(model)
+    if ds.kind == "raw":
+        ds.preload(progress=progress)
+    images, texts = model.encode_dataset(ds, batch_size=model.cfg.train.eval_batch_size, progress=progress)
+    device = model.device
+    image_dense = torch.from_numpy(images.dense).to(device)
+    text_dense = torch.from_numpy(texts.dense).to(device)
+    caption_image = torch.as_tensor(ds.caption_image, dtype=torch.long)
+    if cfg.method == "distill":
+        losses = distill_hash_heads(model.model.image_hash, model.model.text_hash, image_dense,
+                                    text_dense, cfg, progress=progress)
+        summary = f"distillation loss {losses[0]:.4f} -> {losses[-1]:.4f} over {cfg.distill_steps} steps"
+    elif cfg.method == "itq":
+        itq_hash_heads(model.model.image_hash, model.model.text_hash, image_dense, text_dense, cfg)
+        summary = f"ITQ on {min(cfg.itq_items, len(images))} images + {min(cfg.itq_items, len(texts))} captions"
+    else:
+        losses = refit_hash_heads(model.model.image_hash, model.model.text_hash, image_dense,
+                                  text_dense, caption_image, cfg, progress=progress)
+        summary = f"refit loss {losses[0]:.4f} -> {losses[-1]:.4f} over {cfg.epochs} epochs"
+    refit_codebooks(model, image_dense, text_dense, model.cfg.train.kmeans_iters, cfg.seed)
+    model.cfg.hash_refit = cfg
+    return summary
+
+
 def _main(args: argparse.Namespace) -> None:
     from meet.checkpoint import save_checkpoint
     from meet.data.loading import load_split
@@ -257,31 +295,9 @@ def _main(args: argparse.Namespace) -> None:
         args, [f.name for f in dataclasses.fields(HashRefitConfig)])))
     with cli.output_folder(args.out):
         model = load(args.checkpoint, device=args.device)
-        if not model.cfg.model.detach_hash:
-            raise ConfigError("this checkpoint trained its encoders through the hash heads "
-                              "(detach_hash=false); refitting the heads alone would break that coupling",
-                              fix="retrain with the hash losses instead")
+        require_detached_hash(model)
         ds = load_split(args.data, args.split, model.cfg.model)
-        if ds.kind == "raw":
-            ds.preload(progress=True)
-        images, texts = model.encode_dataset(ds, batch_size=model.cfg.train.eval_batch_size, progress=True)
-        device = model.device
-        image_dense = torch.from_numpy(images.dense).to(device)
-        text_dense = torch.from_numpy(texts.dense).to(device)
-        caption_image = torch.as_tensor(ds.caption_image, dtype=torch.long)
-        if cfg.method == "distill":
-            losses = distill_hash_heads(model.model.image_hash, model.model.text_hash, image_dense,
-                                        text_dense, cfg, progress=True)
-            summary = f"distillation loss {losses[0]:.4f} -> {losses[-1]:.4f} over {cfg.distill_steps} steps"
-        elif cfg.method == "itq":
-            itq_hash_heads(model.model.image_hash, model.model.text_hash, image_dense, text_dense, cfg)
-            summary = f"ITQ on {min(cfg.itq_items, len(images))} images + {min(cfg.itq_items, len(texts))} captions"
-        else:
-            losses = refit_hash_heads(model.model.image_hash, model.model.text_hash, image_dense,
-                                      text_dense, caption_image, cfg, progress=True)
-            summary = f"refit loss {losses[0]:.4f} -> {losses[-1]:.4f} over {cfg.epochs} epochs"
-        refit_codebooks(model, image_dense, text_dense, model.cfg.train.kmeans_iters, cfg.seed)
-        model.cfg.hash_refit = cfg
+        summary = refit_hash_codes(model, ds, cfg)
         save_checkpoint(model.model, model.cfg, args.out)
     print(f"{summary}; saved {args.out}")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import shutil
 import sys
@@ -29,7 +30,7 @@ from meet.cli import atomic_write_text
 from meet.checkpoint import (POINTER, load_optimizer_state, load_tensors, read_config,
                              read_pointer, save_checkpoint, write_json_atomic)
 from meet import cli
-from meet.config import SECTIONS, MEETConfig, field_index, preset, validate
+from meet.config import SECTIONS, MEETConfig, TrainConfig, field_index, preset, validate
 from meet.data.batches import PairBatches, epoch_pairs
 from meet.data.vocab import Vocabulary
 from meet.errors import CheckpointError, ConfigError, DataError, MEETError
@@ -143,10 +144,34 @@ class Trainer:
                 self.save(epoch, record)
             if self.world > 1:
                 torch.distributed.barrier()
+        if self.cfg.train.hash_distill and self.main_process:
+            self.distill_best()
         return self.best
 
-    def _set_learning_rates(self, epoch: int) -> None:
-        factor = self.cfg.train.lr_decay ** (epoch // self.cfg.train.lr_decay_epochs)
+    def distill_best(self) -> None:
+        """The final ``hash_distill`` phase: the best epoch's heads distilled and its
+        codebooks refit, saved as ``checkpoints/distilled``, which the pointer then calls
+        best. Skipped when the run's best already is that checkpoint (a finished run resumed)."""
+        from meet.config import HashRefitConfig
+        from meet.hash_refit import refit_hash_codes
+        from meet.inference import load
+
+        pointer = read_pointer(self.out)
+        if pointer["best"] == DISTILLED:
+            return
+        start = time.perf_counter()
+        model = load(self.out / pointer["best"], device=str(self.device))
+        summary = refit_hash_codes(model, self.train_ds, HashRefitConfig(seed=self.cfg.train.seed),
+                                   progress=self.progress)
+        save_checkpoint(model.model, model.cfg, self.out / DISTILLED)
+        write_json_atomic(self.out / POINTER, {**pointer, "best": DISTILLED,
+                                               "distilled_from": pointer["best"]})
+        if self.progress:
+            print(f"hash_distill: {summary} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+
+    def _set_learning_rates(self, epoch: int, fraction: float = 0.0) -> None:
+        """Learning rates for the batch ``fraction`` of the way through ``epoch``."""
+        factor = learning_rate_factor(self.cfg.train, epoch + fraction)
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
 
@@ -163,7 +188,10 @@ class Trainer:
         self.net.train()
         sums: dict[str, float] = {}
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (self.main_process and self.progress))
-        for images, text_batch, batch_pairs in bar:
+        n_batches = max(len(loader), 1)
+        for step, (images, text_batch, batch_pairs) in enumerate(bar):
+            if cfg.lr_schedule == "cosine":
+                self._set_learning_rates(epoch, step / n_batches)
             out = self.net(images.to(self.device), {k: v.to(self.device) for k, v in text_batch.items()})
             terms, stats = self.loss(out, _to(batch_pairs, self.device), epoch,
                                      self.model.image_pq, self.model.text_pq)
@@ -217,8 +245,19 @@ class Trainer:
                                                self.cfg.train.select_metric})
         _write_metrics(self.out / "metrics.jsonl", self.history)
         for folder in (self.out / "checkpoints").iterdir():
-            if f"checkpoints/{folder.name}" not in (best, name):
+            if f"checkpoints/{folder.name}" not in (best, name, DISTILLED):
                 shutil.rmtree(folder, ignore_errors=True)
+
+
+DISTILLED = "checkpoints/distilled"
+"""Where the ``hash_distill`` phase saves the distilled best checkpoint, inside the run."""
+
+
+def learning_rate_factor(cfg: TrainConfig, progress: float) -> float:
+    """The multiplier of the base learning rates after ``progress`` epochs (fractional)."""
+    if cfg.lr_schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress / cfg.epochs, 1.0)))
+    return cfg.lr_decay ** (int(progress) // cfg.lr_decay_epochs)
 
 
 def clip_gradients(model: MEET, max_norm: float) -> dict[str, float]:

@@ -132,7 +132,26 @@ def test_ablation_flags_choose_seeds_bits_and_budget() -> None:
     assert len(points) == 26 and points["a0-b0"] == {"alpha": 0.0, "beta": 0.0, "fusion": True}
     assert points["release"] == {"fusion": False}
     demo = settings_from_args(parser.parse_args(["--data", "d", "--out", "o", "--budget", "demo"]))
-    assert (demo.n_train, demo.image_size, demo.epochs, demo.bits) == (20000, 64, 15, (64,))
+    assert (demo.n_train, demo.image_size, demo.epochs, demo.bits) == (20000, 64, 36, (64,))
+
+
+def test_the_ablations_full_model_has_every_training_part_on() -> None:
+    """shapes-demo gates filtering and drops reweighting (what the ablation found); the
+    ablation's ``full`` row must still be the paper's model, at both budgets."""
+    from meet.config import preset
+    from meet.experiments.settings import AblationSettings, model_variants
+
+    demo = preset("shapes-demo").loss
+    assert demo.filter_max_share < 1.0 and not demo.reweight_pairs
+    for budget in ("small", "demo"):
+        variants = model_variants(AblationSettings(budget=budget, bits=(64,)))
+        full, gated = variants["full"].loss, variants["gated"].loss
+        assert full.filter_negatives and full.reweight_pairs and full.filter_max_share == 1.0
+        assert full.filter_start_epoch == 1
+        assert gated.reweight_pairs and gated.filter_max_share == 0.005
+        assert not variants["no_pair_reweight"].loss.reweight_pairs
+    small = model_variants(AblationSettings(bits=(64,)))["full"].train
+    assert small.lr_schedule == "step" and small.lr_decay_epochs == 3   # as the committed results were run
 
 
 def test_ablation_data_is_generated_only_into_an_empty_folder(tmp_path: Path) -> None:

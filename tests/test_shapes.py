@@ -15,7 +15,7 @@ from meet.data import shapes
 from meet.data.images import open_image
 from meet.data.shapes import (COLOURS, FAMILIES, SHAPES, SIZES, encode_facts, encode_scenes,
                               ensure_shapes, generate, is_relevant, parse_caption,
-                              relevance_matrix, single_object_queries)
+                              relevance_matrix, single_object_queries, attribute_queries)
 from meet.data.shapes import render, writer
 from meet.errors import ConfigError, DataError
 
@@ -275,6 +275,18 @@ def test_single_object_queries_parse():
     for query in queries:
         facts = parse_caption(query)
         assert facts is not None and len(facts["objects"]) == 1 and facts["objects"][0]["shape"]
+
+
+def test_attribute_queries_each_name_one_attribute_and_match_its_images():
+    """"something red" is relevant exactly to the scenes with a red object, and so on."""
+    groups = attribute_queries()
+    assert [len(groups[a]) for a in ("colour", "shape", "size")] == [len(COLOURS), len(SHAPES), len(SIZES)]
+    scenes = [{"objects": [{"shape": "circle", "colour": "red", "size": "small", "x": 10.0, "y": 10.0}]},
+              {"objects": [{"shape": "star", "colour": "blue", "size": "large", "x": 10.0, "y": 10.0}]}]
+    queries = ["something red", "a star", "something small"]
+    assert all(q in groups["colour"] + groups["shape"] + groups["size"] for q in queries)
+    relevance = relevance_matrix([parse_caption(q) for q in queries], scenes)
+    np.testing.assert_array_equal(relevance, [[True, False], [False, True], [True, False]])
 
 
 @pytest.mark.parametrize("bad", [["--image-size", "16"], ["--n-train", "-1"], ["--workers", "0"],

@@ -311,7 +311,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{','.join(map(str, defaults.bits))}; the full model's alone skips the sweep)")
     parser.add_argument("--budget", choices=("small", "demo"), default="small",
                         help="small: the shrunk recipe (default); demo: the bundled model's recipe and budget "
-                             "(about 28 minutes per model on 2 cores), no sweeps")
+                             "(about 26 minutes per model on 2 cores), no sweeps")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 

@@ -50,7 +50,7 @@ from meet.data.shapes.relevance import (FactsArrays, SceneArrays, caption_facts_
 from meet.data.shapes.vocab import (CAPTIONS_PER_IMAGE, COLOURS, COUNT_WORDS, FAMILIES,
                                     FAMILY_WEIGHTS, MAX_OBJECTS, NOUNS, POSITION_JITTER,
                                     RELATION_PHRASES, RELATIONS, SHAPES, SIZE_WORDS, SIZES,
-                                    single_object_queries, tokenize, with_article)
+                                    single_object_queries, tokenize, with_article, attribute_queries)
 from meet.data.shapes.writer import (MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, dataset_json,
                                      ensure_shapes, generate, main)
 
@@ -60,5 +60,5 @@ __all__ = [
     "RELATIONS", "RELATION_PHRASES", "SHAPES", "SIZES", "SIZE_WORDS", "FactsArrays",
     "SceneArrays", "caption_facts_and_scenes", "dataset_json", "encode_facts",
     "encode_scenes", "ensure_shapes", "generate", "is_relevant", "main", "parse_caption",
-    "relevance_matrix", "single_object_queries", "tokenize", "with_article",
+    "relevance_matrix", "single_object_queries", "attribute_queries", "tokenize", "with_article",
 ]

@@ -45,6 +45,14 @@ def with_article(words: list[str]) -> str:
     return ("an " if words[0][0] in "aeiou" else "a ") + " ".join(words)
 
 
+def attribute_queries() -> dict[str, list[str]]:
+    """One-attribute probes by attribute: "something red", "a circle", "something small"
+    (the easy end of the P@10 probes: each fits a large share of the images)."""
+    return {"colour": [f"something {c}" for c in COLOURS],
+            "shape": [with_article([s]) for s in SHAPES],
+            "size": [f"something {SIZE_WORDS[z][0]}" for z in SIZES]}
+
+
 def single_object_queries() -> list[str]:
     """Every "a {colour} {shape}" and "a {size} {colour} {shape}" query (P@10 probes)."""
     queries = [with_article([c, s]) for c in COLOURS for s in SHAPES]
