@@ -71,3 +71,21 @@ def test_recode_index_equals_a_fresh_build_and_refuses_foreign_vectors(tiny_run,
                  fingerprint=old.fingerprint).save(tmp_path / "old" / "image")
     assert recode.main(["--index", str(tmp_path / "old"), "--checkpoint", str(tmp_path / "itq"),
                         "--data", str(tiny_shapes), "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_map_by_relevant_count_splits_the_mean_into_groups(tiny_run, tiny_shapes, capsys):
+    """benchmarks/map_by_relevant_count.py: the groups' contributions add up to the gap of the means,
+    and a mode against itself gains nothing anywhere."""
+    path = Path(__file__).parents[1] / "benchmarks" / "map_by_relevant_count.py"
+    spec = importlib.util.spec_from_file_location("map_by_relevant_count", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    values, n_relevant = script.per_query_map(str(tiny_run), tiny_shapes, "test", ["dense", "cascade"], "t2i")
+    assert values["dense"].shape == n_relevant.shape == (300,)
+    rows = script.table(values, n_relevant).splitlines()[2:]
+    gap = float(rows[0].split("|")[-2])
+    assert abs(sum(float(row.split("|")[-2]) for row in rows[1:]) - gap) < 1e-3
+    same = script.table({"a": values["dense"], "b": values["dense"]}, n_relevant)
+    assert all(float(row.split("|")[-2]) == 0 for row in same.splitlines()[2:])
+    assert script.main(["--checkpoint", str(tiny_run), "--data", str(tiny_shapes), "--direction", "i2t"]) == 0
+    assert "i2t mAP@R by number of relevant items" in capsys.readouterr().out
