@@ -34,6 +34,10 @@ class GroundTruth:
     once per distinct fact, then spread to the captions by ``fact_of``."""
     fact_of: Any = None
     """int (n_captions,): each caption's index in ``distinct``."""
+    distinct_tables: Any = None
+    """:func:`meet.data.shapes.relevance.pattern_tables` of ``distinct``, computed once: an
+    image query's column then costs one pass over the distinct facts (measured on 500k
+    captions: 250 -> 60 ms per image query)."""
 
     @classmethod
     def of(cls, dataset: Any) -> "GroundTruth":
@@ -42,10 +46,12 @@ class GroundTruth:
         n_captions, n_images = len(caption_image), int(dataset.n_images)
         if getattr(dataset, "scenes", None) is None or getattr(dataset, "caption_facts", None) is None:
             return cls(n_captions, n_images, caption_image)
-        from meet.data.shapes.relevance import encode_facts, encode_scenes, unique_facts
+        from meet.data.shapes.relevance import encode_facts, encode_scenes, pattern_tables, unique_facts
 
         facts = encode_facts(dataset.caption_facts)
-        return cls(n_captions, n_images, caption_image, facts, encode_scenes(dataset.scenes), *unique_facts(facts))
+        distinct, fact_of = unique_facts(facts)
+        return cls(n_captions, n_images, caption_image, facts, encode_scenes(dataset.scenes), distinct, fact_of,
+                   pattern_tables(distinct))
 
     @property
     def from_facts(self) -> bool:
@@ -67,8 +73,18 @@ class GroundTruth:
         """bool (len(rows), n_captions): the captions true of each image ``rows``."""
         rows = np.asarray(rows, np.int64).reshape(-1)
         if self.from_facts:
-            from meet.data.shapes.relevance import relevance_matrix, take_rows
+            from meet.data.shapes.relevance import relevance_to_scenes, take_rows
 
-            return np.ascontiguousarray(relevance_matrix(self.distinct, take_rows(self.scenes, rows))[self.fact_of].T)
+            relevant = relevance_to_scenes(self.distinct, self.distinct_tables, take_rows(self.scenes, rows))
+            return np.ascontiguousarray(relevant[self.fact_of].T)
         return self.caption_image[None, :] == rows[:, None]
+
+    def of_facts(self, facts: list[dict]) -> np.ndarray:
+        """bool (len(facts), n_images): the images each caption-facts dict (a typed query,
+        parsed) is true of, against the scenes encoded once at load (Shapes only)."""
+        from meet.data.shapes.relevance import relevance_matrix
+
+        if self.scenes is None:
+            raise ValueError("this gallery has no Shapes scenes")
+        return relevance_matrix(facts, self.scenes)
 

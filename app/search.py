@@ -205,7 +205,9 @@ def _text_ground_truth(state: AppState, text: str) -> tuple[np.ndarray | None, s
         if facts is None:
             return None, ("no ground truth: this query is outside the Shapes caption grammar "
                           "(try the examples)")
-        return (relevance_matrix([facts], gallery.dataset.scenes)[0],
+        relevant = (gallery.truth.of_facts([facts])[0] if gallery.has_ground_truth  # scenes encoded once
+                    else relevance_matrix([facts], gallery.dataset.scenes)[0])
+        return (relevant,
                 "Shapes ground truth: the images whose scene makes this caption true")
     matches = state.cached("caption positions", lambda: _caption_positions(gallery.dataset.captions)).get(text)
     if matches:

@@ -238,7 +238,7 @@ def build_cascade(model: MEETModel, dataset: ImageTextDataset, report: Report) -
 def _load_gallery(settings: AppSettings, model: MEETModel, dataset: ImageTextDataset,
                   report: Report) -> Gallery:
     images, texts = cached_pair(model, dataset, settings.cache_dir, cascade=build_cascade(model, dataset, report),
-                                keep_hash=True, report=report)
+                                keep_hash=True, mmap=True, report=report)
     paths: list[str | None] = [str(p) for p in getattr(dataset, "paths", [])] or [None] * dataset.n_images
     labels = [str(i) for i in dataset.image_ids]
     if settings.images:

@@ -309,6 +309,29 @@ def test_ground_truth_is_computed_per_query_and_equals_the_full_matrix(app_state
                    for v in vars(gallery.truth).values())
 
 
+def test_the_app_serves_its_index_memory_mapped_cold_and_warm(app_state, app_cache):
+    """The gallery index is built once, then read from the cache's files (memory-mapped),
+    also right after a cold build: the process holds the pages it touches, not the arrays."""
+    for index in (app_state.gallery.images, app_state.gallery.texts):
+        assert isinstance(index.dense, np.memmap) and not index.dense.flags.writeable
+    again = load_state(AppSettings(cache_dir=str(app_cache)), report=lambda line: None)
+    assert isinstance(again.gallery.texts.dense, np.memmap)
+
+
+def test_typed_and_image_ground_truth_match_the_full_matrix(app_state):
+    """Both per-query paths (scenes encoded once; the distinct facts' tables cached) agree
+    with the relevance matrix computed from scratch."""
+    from meet.data.shapes import parse_caption, relevance_matrix
+
+    dataset, truth = app_state.gallery.dataset, app_state.gallery.truth
+    queries = ["a red circle", "two shapes", "a small blue square above a green star"]
+    np.testing.assert_array_equal(truth.of_facts([parse_caption(q) for q in queries]),
+                                  relevance_matrix([parse_caption(q) for q in queries], dataset.scenes))
+    rows = [0, 17, 999]
+    np.testing.assert_array_equal(truth.images(rows), relevance_matrix(dataset.caption_facts,
+                                                                       [dataset.scenes[r] for r in rows]).T)
+
+
 def test_pairing_ground_truth_without_facts():
     from types import SimpleNamespace
 

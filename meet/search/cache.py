@@ -82,4 +82,7 @@ def cached_pair(model: "MEETModel", dataset: "ImageTextDataset", cache_dir: str 
         report(f"cached the gallery index in {folder}")
     except (OSError, MEETError) as exc:
         report(f"could not cache the gallery index in {folder} ({exc}); continuing without a cache")
+        return pair
+    if mmap:  # serve the saved copy, so the built arrays leave memory as they would on a warm start
+        pair = load_pair(folder, fingerprint=fingerprint, mmap=True, verify=False)
     return pair

@@ -215,6 +215,20 @@ def _relevance_block(facts: FactsArrays, scenes: SceneArrays, tables: np.ndarray
     return relevant
 
 
+def pattern_tables(facts: FactsArrays) -> np.ndarray:
+    """The object-kind acceptance tables of ``facts`` (they depend on the facts alone): a
+    caller that asks about many scene sets with the same facts computes them once and
+    passes them to :func:`relevance_to_scenes`."""
+    return _pattern_tables(facts)
+
+
+def relevance_to_scenes(facts: FactsArrays, tables: np.ndarray, scenes: SceneArrays) -> np.ndarray:
+    """``(len(facts), len(scenes))`` bool, with ``tables = pattern_tables(facts)``: for a
+    few scenes (one image's column) against many facts, without recomputing the tables.
+    The result is ``len(facts) * len(scenes)`` bytes: keep ``scenes`` small."""
+    return _relevance_block(facts, scenes, tables, _relation_table(scenes))
+
+
 def take_rows(arrays: FactsArrays | SceneArrays, rows: np.ndarray) -> FactsArrays | SceneArrays:
     """The ``rows`` of captions' facts or of scenes (each field indexed alike)."""
     return type(arrays)(*(getattr(arrays, f.name)[rows] for f in fields(arrays)))
