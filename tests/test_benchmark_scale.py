@@ -89,3 +89,18 @@ def test_map_by_relevant_count_splits_the_mean_into_groups(tiny_run, tiny_shapes
     assert all(float(row.split("|")[-2]) == 0 for row in same.splitlines()[2:])
     assert script.main(["--checkpoint", str(tiny_run), "--data", str(tiny_shapes), "--direction", "i2t"]) == 0
     assert "i2t mAP@R by number of relevant items" in capsys.readouterr().out
+
+
+def test_app_gallery_benchmark_times_a_cold_and_a_warm_start(tiny_run, tiny_shapes, tmp_path, capsys):
+    path = Path(__file__).parents[1] / "benchmarks" / "app_gallery.py"
+    spec = importlib.util.spec_from_file_location("app_gallery", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    args = ["--data", str(tiny_shapes), "--checkpoint", str(tiny_run), "--cache-dir", str(tmp_path / "cache"),
+            "--queries", "4"]
+    assert script.main(args) == 0
+    assert "| cold start (index built) |" in capsys.readouterr().out
+    assert script.main(args) == 0
+    out = capsys.readouterr().out
+    assert "| warm start (index from the cache) |" in out and "| text query, p50 / max (4) |" in out
+    assert "| image query, p50 / max (2) |" in out and "| peak RSS (VmHWM) |" in out
