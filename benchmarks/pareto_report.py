@@ -115,8 +115,8 @@ def markdown(run: dict, text: str) -> str:
             f"thread(s) (faiss and torch). CPU ms: process CPU time per query of the same calls (all threads; "
             f"less sensitive to other jobs than the wall clock). Build seconds marked (c) were measured when the "
             f"index was built and cached by an earlier run with the same gallery. 1-min load average "
-            f"{run['load_average_before']} before, {run['load_average_after']} after (above the core count: "
-            f"other processes shared the CPUs). Benchmark wall time {run['total_s'] / 60:.1f} min.", ""]
+            f"{run['load_average_before']} before, {run['load_average_after']} after (a value above the core count "
+            f"means other processes shared the CPUs). Benchmark wall time {run['total_s'] / 60:.1f} min.", ""]
     return "\n".join(head) + "\n" + text + "\n"
 
 
