@@ -384,6 +384,13 @@ def _split_wall(timings: dict[str, float], wall: float, pq_seconds: float, reran
     timings["rerank"] += wall * (1.0 - share)
 
 
+def _writable(array: Any, dtype: Any) -> np.ndarray:
+    """A contiguous array of ``dtype``; copied when it is read-only (rows of a memory-mapped
+    index used as queries), since torch warns on wrapping read-only memory."""
+    out = np.ascontiguousarray(array, dtype)
+    return out if out.flags.writeable else out.copy()
+
+
 def _exhaustive(q: _Queries, index: GalleryIndex, mode: str, k: int, cascade: CascadeConfig
                 ) -> tuple[np.ndarray, np.ndarray]:
     """One stage over the whole gallery, exactly: positions and scores (nq, k)."""
@@ -458,8 +465,8 @@ def _prepare(queries: Any, index: GalleryIndex, mode: str, k: int, batch_size: i
     except AttributeError as exc:
         raise DataError("queries must have dense, hash and codes arrays (an Encoded)",
                         fix="encode them with model.encode_texts / encode_images") from exc
-    q = _Queries(np.ascontiguousarray(dense, np.float32), np.ascontiguousarray(hashed, np.float32),
-                 np.ascontiguousarray(codes, np.uint8))
+    q = _Queries(*(_writable(array, dtype) for array, dtype in ((dense, np.float32), (hashed, np.float32),
+                                                                 (codes, np.uint8))))
     if q.dense.ndim != 2 or q.hash.ndim != 2 or q.codes.ndim != 2:
         raise DataError(f"queries must be 2-D arrays (n_queries, ...), got dense {q.dense.shape}, "
                         f"hash {q.hash.shape}, codes {q.codes.shape}", fix="for one query use shape (1, dim)")
