@@ -17,6 +17,7 @@ timed too), then again for the warm figures; on an otherwise idle machine.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.app_server import status_kib  # noqa: E402
+
 TYPED = ("a red circle", "a small blue square above a green star", "two purple triangles", "something red",
          "a large gray hexagon", "a green star to the left of a yellow cross", "three shapes",
          "only a tiny orange triangle", "a big pink circle and a blue square", "something small")
@@ -34,12 +37,7 @@ TYPED = ("a red circle", "a small blue square above a green star", "two purple t
 
 def memory_mb() -> dict[str, float]:
     """This process's current (VmRSS) and peak (VmHWM) resident memory, in MB (10^6 bytes)."""
-    values = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            values[key] = int(rest.split()[0]) * 1024 / 1e6
-    return values
+    return {key: status_kib(os.getpid(), key) * 1024 / 1e6 for key in ("VmRSS", "VmHWM")}
 
 
 def timed(call, *args) -> float:

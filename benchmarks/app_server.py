@@ -48,9 +48,14 @@ def start_app(cache: Path, log: Path, timeout: float = 300, args: list[str] = ()
     return process, url, seconds, float(match.group(1)) if match else None
 
 
+def status_kib(pid: int, key: str) -> int:
+    """One memory line of a process's Linux ``/proc/PID/status`` (``VmRSS``, ``VmHWM``...), in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1])
+    raise OSError(f"no {key} for process {pid}")
+
+
 def peak_rss_mb(pid: int) -> float:
     """Peak resident memory of a process (Linux ``VmHWM``), in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise OSError(f"no VmHWM for process {pid}")
+    return status_kib(pid, "VmHWM") / 1024

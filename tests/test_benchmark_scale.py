@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 
 
-def _load_script():
-    path = Path(__file__).parents[1] / "benchmarks" / "scale_recall.py"
-    spec = importlib.util.spec_from_file_location("scale_recall", path)
+def _load_script(name: str = "scale_recall"):
+    """A script of ``benchmarks/`` as a module (they are run as files, not imported)."""
+    path = Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -76,10 +77,7 @@ def test_recode_index_equals_a_fresh_build_and_refuses_foreign_vectors(tiny_run,
 def test_map_by_relevant_count_splits_the_mean_into_groups(tiny_run, tiny_shapes, capsys):
     """benchmarks/map_by_relevant_count.py: the groups' contributions add up to the gap of the means,
     and a mode against itself gains nothing anywhere."""
-    path = Path(__file__).parents[1] / "benchmarks" / "map_by_relevant_count.py"
-    spec = importlib.util.spec_from_file_location("map_by_relevant_count", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _load_script("map_by_relevant_count")
     values, n_relevant = script.per_query_map(str(tiny_run), tiny_shapes, "test", ["dense", "cascade"], "t2i")
     assert values["dense"].shape == n_relevant.shape == (300,)
     rows = script.table(values, n_relevant).splitlines()[2:]
@@ -92,10 +90,7 @@ def test_map_by_relevant_count_splits_the_mean_into_groups(tiny_run, tiny_shapes
 
 
 def test_app_gallery_benchmark_times_a_cold_and_a_warm_start(tiny_run, tiny_shapes, tmp_path, capsys):
-    path = Path(__file__).parents[1] / "benchmarks" / "app_gallery.py"
-    spec = importlib.util.spec_from_file_location("app_gallery", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _load_script("app_gallery")
     args = ["--data", str(tiny_shapes), "--checkpoint", str(tiny_run), "--cache-dir", str(tmp_path / "cache"),
             "--queries", "4"]
     assert script.main(args) == 0
