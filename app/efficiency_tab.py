@@ -44,8 +44,8 @@ def query_batch(state: AppState, direction: str, n_queries: int) -> Encoded:
 def stored_items(index: Any, rows: Any) -> Encoded:
     """The ``rows`` (a slice or positions) of a gallery index as query encodings, read from
     what the index stores (the app keeps the hash features): no model call."""
-    return Encoded(np.array(index.dense[rows], np.float32), np.array(index.hash[rows], np.float32),
-                   np.array(index.codes[rows]), np.array(index.pq_codes[rows]))  # copies: the index may be read-only
+    return Encoded(np.asarray(index.dense[rows], np.float32), np.asarray(index.hash[rows], np.float32),
+                   np.asarray(index.codes[rows]), np.asarray(index.pq_codes[rows]))
 
 
 def measure(state: AppState, direction: str, n_queries: int = 256, repeats: int = 3) -> list[dict[str, Any]]:
