@@ -492,6 +492,9 @@ def validate(cfg: MEETConfig) -> MEETConfig:
         (t.grad_clip >= 0 and t.num_workers >= 0 and t.max_train_images >= 0,
          "--grad-clip/--num-workers/--max-train-images", "non-negative values"),
         (t.lr_schedule in choices(LRSchedule), "--lr-schedule", " or ".join(choices(LRSchedule))),
+        (not t.hash_distill or m.detach_hash, "--hash-distill",
+         "false when --detach-hash is false (the heads then trained the encoders; refitting them alone "
+         "would break that coupling)"),
         (t.caption_sampling in choices(CaptionSampling), "--caption-sampling", " or ".join(choices(CaptionSampling))),
         (t.kmeans_iters > 0 and t.kmeans_sample > 0 and t.eval_batch_size > 0,
          "--kmeans-iters/--kmeans-sample/--eval-batch-size", "positive values"),

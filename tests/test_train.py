@@ -84,6 +84,7 @@ def test_flags_override_preset_and_unknown_flags_are_rejected():
     (["--batch-size", "1"], "--batch-size"),
     (["--n-bits", "12"], "--n-bits"),
     (["--preset", "nope"], "unknown preset"),
+    (["--hash-distill", "true", "--detach-hash", "false"], "--hash-distill"),
     (["--image-encoder", "precomp"], "precomp"),
 ])
 def test_bad_values_fail_clearly_and_leave_nothing(tiny_shapes, tmp_path, capsys, flags, message):
