@@ -169,7 +169,7 @@ class Trainer:
         if self.progress:
             print(f"hash_distill: {summary} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
 
-    def _set_learning_rates(self, epoch: int, fraction: float = 0.0) -> None:
+    def _set_learning_rates(self, epoch: int, fraction: float) -> None:
         """Learning rates for the batch ``fraction`` of the way through ``epoch``."""
         factor = learning_rate_factor(self.cfg.train, epoch + fraction)
         for group in self.optimizer.param_groups:
@@ -181,7 +181,6 @@ class Trainer:
 
         cfg = self.cfg.train
         torch.manual_seed(cfg.seed * 1000 + epoch)
-        self._set_learning_rates(epoch)
         pairs = epoch_pairs(self.train_ds, epoch, cfg.seed, cfg.caption_sampling, cfg.family_weights)
         pairs = pairs[self.rank::self.world]
         loader = self.batches.loader(pairs, cfg.batch_size, cfg.num_workers)
@@ -190,8 +189,7 @@ class Trainer:
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (self.main_process and self.progress))
         n_batches = max(len(loader), 1)
         for step, (images, text_batch, batch_pairs) in enumerate(bar):
-            if cfg.lr_schedule == "cosine":
-                self._set_learning_rates(epoch, step / n_batches)
+            self._set_learning_rates(epoch, step / n_batches)  # constant within an epoch for "step"
             out = self.net(images.to(self.device), {k: v.to(self.device) for k, v in text_batch.items()})
             terms, stats = self.loss(out, _to(batch_pairs, self.device), epoch,
                                      self.model.image_pq, self.model.text_pq)
